@@ -1,1 +1,266 @@
-fn main() {}
+//! `modelship-server`: serve, train, batch-score and inspect Modelship model artifacts.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use modelship_server::http::{AppState, Limits, app};
+use modelship_server::{Model, batch, load, train};
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    name = "modelship-server",
+    version,
+    about = "Serve, train and batch-score classic ML models"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"], env = "MODELSHIP_LOG_FORMAT")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load a model and serve it over HTTP.
+    Serve {
+        /// Model artifact: a path, file:///PATH, http://... or https://...
+        #[arg(long, env = "MODELSHIP_MODEL")]
+        model: String,
+        /// Expected SHA-256 of the artifact (64 hex digits).
+        #[arg(long, env = "MODELSHIP_MODEL_SHA256")]
+        sha256: Option<String>,
+        /// Name the model is served under (default: the name it was trained under).
+        #[arg(long, env = "MODELSHIP_MODEL_NAME")]
+        name: Option<String>,
+        /// Version label reported in responses and metrics (default: the training time).
+        #[arg(long, env = "MODELSHIP_MODEL_VERSION")]
+        model_version: Option<String>,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0", env = "MODELSHIP_HOST")]
+        host: std::net::IpAddr,
+        #[arg(long, default_value_t = 8080, env = "MODELSHIP_PORT")]
+        port: u16,
+        /// Largest request body in bytes.
+        #[arg(long, default_value_t = Limits::default().max_body_bytes)]
+        max_body_bytes: usize,
+        /// Most rows in one prediction request.
+        #[arg(long, default_value_t = Limits::default().max_rows)]
+        max_rows: usize,
+        /// On SIGTERM, report not-ready and keep serving this long before draining (lets
+        /// Service endpoints update first).
+        #[arg(long, default_value_t = 0)]
+        drain_seconds: u64,
+    },
+    /// Train a model with linfa and write an artifact.
+    Train {
+        /// A built-in data set.
+        #[arg(long, value_parser = ["iris"], conflicts_with = "csv", required_unless_present = "csv")]
+        dataset: Option<String>,
+        /// A CSV file with a header row.
+        #[arg(long, requires = "target")]
+        csv: Option<PathBuf>,
+        /// The CSV column to predict.
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, value_enum, default_value = "logistic")]
+        algorithm: train::Algorithm,
+        /// Seed of the train/hold-out split.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Where to write the artifact.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Score a CSV file with a model, streaming rows with bounded memory.
+    Batch {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        sha256: Option<String>,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// Rows scored per chunk.
+        #[arg(long, default_value_t = 8192)]
+        chunk_rows: usize,
+    },
+    /// Print an artifact's metadata.
+    Inspect { file: PathBuf },
+}
+
+fn init_logs(format: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logs(&cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => fail(format!("cannot start the runtime: {e}")),
+    };
+    if let Err(e) = rt.block_on(run(cli.command)) {
+        fail(format!("{e:#}"));
+    }
+}
+
+/// Prints a one-line reason and exits non-zero (so a pod crash-loops with a clear message).
+fn fail(reason: String) -> ! {
+    error!(%reason, "modelship-server failed");
+    eprintln!("modelship-server: {reason}");
+    std::process::exit(1)
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve {
+            model,
+            sha256,
+            name,
+            model_version,
+            host,
+            port,
+            max_body_bytes,
+            max_rows,
+            drain_seconds,
+        } => {
+            let state = AppState::new(Limits {
+                max_body_bytes,
+                max_rows,
+            });
+            let addr = SocketAddr::new(host, port);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+            info!(%addr, "listening; loading model");
+            let loader = {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    match load::load(&model, sha256.as_deref()).await {
+                        Ok(artifact) => {
+                            let m = Model::new(artifact, name, model_version);
+                            let secs = start.elapsed().as_secs_f64();
+                            info!(model = %m.name, version = %m.version, algorithm = m.algorithm(), seconds = secs, "model loaded");
+                            state.set_model(m, secs);
+                        }
+                        Err(e) => fail(format!("model failed to load: {e}")),
+                    }
+                })
+            };
+            let shutdown = {
+                let state = state.clone();
+                async move {
+                    shutdown_signal().await;
+                    state.start_draining();
+                    info!(drain_seconds, "shutdown requested; draining");
+                    tokio::time::sleep(Duration::from_secs(drain_seconds)).await;
+                }
+            };
+            axum::serve(listener, app(state))
+                .with_graceful_shutdown(shutdown)
+                .await?;
+            loader.abort();
+            info!("stopped");
+            Ok(())
+        }
+        Command::Train {
+            dataset,
+            csv,
+            target,
+            algorithm,
+            seed,
+            out,
+        } => {
+            let table = match (dataset, csv, target) {
+                (Some(_), _, _) => train::iris(),
+                (None, Some(path), Some(target)) => train::read_csv(&path, &target)?,
+                _ => anyhow::bail!("give --dataset iris, or --csv FILE --target COLUMN"),
+            };
+            let artifact = train::train(&table, algorithm, seed)?;
+            let bytes = artifact.to_vec();
+            std::fs::write(&out, &bytes)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+            println!(
+                "trained {} on {} ({} rows): hold-out {} {:.4}; wrote {} ({} bytes, sha256 {})",
+                artifact.estimator.algorithm(),
+                artifact.training.dataset,
+                artifact.training.train_rows,
+                artifact.training.holdout_metric,
+                artifact.training.holdout_score,
+                out.display(),
+                bytes.len(),
+                load::sha256_hex(&bytes)
+            );
+            Ok(())
+        }
+        Command::Batch {
+            model,
+            sha256,
+            input,
+            output,
+            chunk_rows,
+        } => {
+            let artifact = load::load(&model, sha256.as_deref()).await?;
+            let model = Model::new(artifact, None, None);
+            let report = tokio::task::spawn_blocking(move || {
+                batch::score_csv(&model, &input, &output, chunk_rows)
+            })
+            .await??;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Inspect { file } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let artifact = modelship_server::Artifact::from_slice(&bytes)?;
+            let meta = serde_json::json!({
+                "name": artifact.name,
+                "format_version": artifact.format_version,
+                "algorithm": artifact.estimator.algorithm(),
+                "feature_names": artifact.feature_names,
+                "class_names": artifact.class_names,
+                "training": artifact.training,
+                "feature_stats": artifact.feature_stats,
+                "sha256": load::sha256_hex(&bytes),
+            });
+            println!("{}", serde_json::to_string_pretty(&meta)?);
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,203 @@
+//! Batch scoring of CSV files with bounded memory (what `modelship-server batch` and batch Jobs run).
+//!
+//! Rows stream through in chunks of `chunk_rows`: memory is one chunk, whatever the file size.
+
+use std::fmt;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ndarray::Array2;
+
+use crate::model::{Model, Predictions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("{path}: {source}")]
+    Csv { path: String, source: csv::Error },
+    #[error("{0}")]
+    Input(String),
+}
+
+/// What a batch run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchReport {
+    pub rows: u64,
+    pub seconds: f64,
+}
+
+impl fmt::Display for BatchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rate = if self.seconds > 0.0 {
+            self.rows as f64 / self.seconds
+        } else {
+            0.0
+        };
+        write!(
+            f,
+            "scored {} rows in {:.2}s ({:.0} rows/s)",
+            self.rows, self.seconds, rate
+        )
+    }
+}
+
+/// Which input columns feed the model, in the model's feature order.
+fn feature_columns(model: &Model, headers: &csv::StringRecord) -> Result<Vec<usize>, BatchError> {
+    let names = &model.artifact.feature_names;
+    let by_name: Option<Vec<usize>> = names
+        .iter()
+        .map(|n| headers.iter().position(|h| h == n))
+        .collect();
+    match by_name {
+        Some(cols) => Ok(cols),
+        None if headers.len() == names.len() => Ok((0..names.len()).collect()),
+        None => Err(BatchError::Input(format!(
+            "the input header {:?} neither names every feature {:?} nor has exactly {} columns",
+            headers.iter().collect::<Vec<_>>(),
+            names,
+            names.len()
+        ))),
+    }
+}
+
+/// Scores `input` into `output`: every input column, then `prediction`.
+pub fn score_csv(
+    model: &Model,
+    input: &Path,
+    output: &Path,
+    chunk_rows: usize,
+) -> Result<BatchReport, BatchError> {
+    let in_err = |source| BatchError::Csv {
+        path: input.display().to_string(),
+        source,
+    };
+    let out_err = |source| BatchError::Csv {
+        path: output.display().to_string(),
+        source,
+    };
+    let chunk_rows = chunk_rows.max(1);
+    let mut reader = csv::ReaderBuilder::new()
+        .buffer_capacity(1 << 20)
+        .from_path(input)
+        .map_err(in_err)?;
+    let mut writer = csv::WriterBuilder::new()
+        .buffer_capacity(1 << 20)
+        .from_path(output)
+        .map_err(out_err)?;
+    let headers = reader.byte_headers().map_err(in_err)?.clone();
+    let cols = feature_columns(
+        model,
+        &csv::StringRecord::from_byte_record_lossy(headers.clone()),
+    )?;
+    let mut out_headers = headers.clone();
+    out_headers.push_field(b"prediction");
+    writer.write_byte_record(&out_headers).map_err(out_err)?;
+
+    let n = cols.len();
+    let start = Instant::now();
+    let progress = Progress::new();
+    let mut chunk: Vec<csv::ByteRecord> = Vec::with_capacity(chunk_rows);
+    let mut values = Vec::with_capacity(chunk_rows * n);
+    let mut rows = 0u64;
+    let mut record = csv::ByteRecord::new();
+    let mut text = String::new();
+    loop {
+        let more = reader.read_byte_record(&mut record).map_err(in_err)?;
+        if more {
+            for &c in &cols {
+                let field = record.get(c).unwrap_or_default();
+                let v = fast_float(field).ok_or_else(|| {
+                    BatchError::Input(format!(
+                        "row {}: column {} is not a finite number: {:?}",
+                        rows + chunk.len() as u64 + 2,
+                        c + 1,
+                        String::from_utf8_lossy(field)
+                    ))
+                })?;
+                values.push(v);
+            }
+            chunk.push(record.clone());
+        }
+        if chunk.len() == chunk_rows || (!more && !chunk.is_empty()) {
+            let x = Array2::from_shape_vec((chunk.len(), n), std::mem::take(&mut values))
+                .map_err(|e| BatchError::Input(e.to_string()))?;
+            let predictions = model.predict(x.view());
+            for (i, rec) in chunk.iter_mut().enumerate() {
+                text.clear();
+                match &predictions {
+                    Predictions::Classes(c) => {
+                        use std::fmt::Write;
+                        let _ = write!(text, "{}", c[i]);
+                    }
+                    Predictions::Values(v) => {
+                        use std::fmt::Write;
+                        let _ = write!(text, "{}", v[i]);
+                    }
+                }
+                rec.push_field(text.as_bytes());
+                writer.write_byte_record(rec).map_err(out_err)?;
+            }
+            rows += chunk.len() as u64;
+            chunk.clear();
+            values = x.into_raw_vec_and_offset().0;
+            values.clear();
+            progress.tick(rows, start);
+        }
+        if !more {
+            break;
+        }
+    }
+    writer
+        .flush()
+        .map_err(|e| BatchError::Input(format!("{}: {e}", output.display())))?;
+    progress.done(rows, start);
+    Ok(BatchReport {
+        rows,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+fn fast_float(field: &[u8]) -> Option<f64> {
+    let s = std::str::from_utf8(field).ok()?.trim();
+    s.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// Progress on a terminal (a rewritten line), or a log line every few seconds elsewhere.
+struct Progress {
+    tty: bool,
+    last: std::cell::Cell<Instant>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            last: std::cell::Cell::new(Instant::now()),
+        }
+    }
+
+    fn tick(&self, rows: u64, start: Instant) {
+        let every = if self.tty {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_secs(5)
+        };
+        if self.last.get().elapsed() < every {
+            return;
+        }
+        self.last.set(Instant::now());
+        let rate = rows as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        if self.tty {
+            eprint!("\r{rows} rows scored, {rate:.0} rows/s   ");
+        } else {
+            tracing::info!(rows, rows_per_second = rate as u64, "batch progress");
+        }
+    }
+
+    fn done(&self, rows: u64, start: Instant) {
+        if self.tty {
+            let rate = rows as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            eprintln!("\r{rows} rows scored, {rate:.0} rows/s   ");
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The HTTP API: the classic `/predict`, KServe V1, Open Inference Protocol V2, health, metrics.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::features::rows_from_object;
+use crate::metrics::{HttpLabels, Metrics};
+use crate::model::{Model, Predictions};
+
+/// Response header naming the model that served a prediction.
+pub const MODEL_NAME_HEADER: HeaderName = HeaderName::from_static("x-model-name");
+/// Response header naming the model version that served a prediction.
+pub const MODEL_VERSION_HEADER: HeaderName = HeaderName::from_static("x-model-version");
+
+/// Request limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request body in bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Most rows in one prediction request (400 beyond).
+    pub max_rows: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 * 1024 * 1024,
+            max_rows: 10_000,
+        }
+    }
+}
+
+/// Shared state: the model once loaded, metrics, limits.
+pub struct AppState {
+    model: OnceLock<Model>,
+    draining: AtomicBool,
+    pub metrics: Metrics,
+    pub limits: Limits,
+}
+
+impl AppState {
+    pub fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            model: OnceLock::new(),
+            draining: AtomicBool::new(false),
+            metrics: Metrics::new(),
+            limits,
+        })
+    }
+
+    /// A state with `model` already loaded.
+    pub fn with_model(model: Model, limits: Limits) -> Arc<Self> {
+        let state = Self::new(limits);
+        state.set_model(model, 0.0);
+        state
+    }
+
+    /// Installs the loaded model; the server becomes ready. Later calls are ignored.
+    pub fn set_model(&self, model: Model, load_seconds: f64) {
+        self.metrics.model_loaded(&model, load_seconds);
+        let _ = self.model.set(model);
+    }
+
+    /// Marks the server as shutting down: `/readyz` turns 503, requests are still served.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn model(&self) -> Result<&Model, ApiError> {
+        self.model.get().ok_or(ApiError::NotReady)
+    }
+
+    /// The model, if `name` is the name it is served under.
+    pub fn model_named(&self, name: &str) -> Result<&Model, ApiError> {
+        let model = self.model()?;
+        if model.name == name {
+            Ok(model)
+        } else {
+            Err(ApiError::ModelNotFound(name.to_string()))
+        }
+    }
+}
+
+/// The router, with every route, limit and the metrics layer.
+pub fn app(state: Arc<AppState>) -> Router {
+    let limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/predict", post(predict))
+        .route("/v1/models/{name}", get(v1_model).post(v1_predict))
+        .merge(crate::v2::routes())
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "live"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|req: Request| async move { ApiError::NoRoute(req.uri().path().to_string()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Counts and times every request by route template, method and status.
+async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = req.method().as_str().to_string();
+    let start = Instant::now();
+    state.metrics.in_flight.inc();
+    let resp = next.run(req).await;
+    state.metrics.in_flight.dec();
+    let labels = HttpLabels {
+        endpoint,
+        method,
+        status: resp.status().as_u16(),
+    };
+    state
+        .metrics
+        .latency
+        .get_or_create(&labels)
+        .observe(start.elapsed().as_secs_f64());
+    state.metrics.requests.get_or_create(&labels).inc();
+    resp
+}
+
+/// The body bytes, with an oversized body reported as a JSON 413.
+pub(crate) fn body_bytes(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(state.limits.max_body_bytes)
+        } else {
+            ApiError::BadRequest(e.body_text())
+        }
+    })
+}
+
+/// A JSON response carrying the model name and version headers.
+pub(crate) fn json_from_model<T: Serialize>(model: &Model, body: &T) -> Response {
+    let mut resp = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        serde_json::to_vec(body).unwrap_or_default(),
+    )
+        .into_response();
+    let headers = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&model.name) {
+        headers.insert(MODEL_NAME_HEADER, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&model.version) {
+        headers.insert(MODEL_VERSION_HEADER, v);
+    }
+    resp
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PredictQuery {
+    /// Add class probabilities and the class names.
+    #[serde(default)]
+    proba: bool,
+    /// Add the predicted class names.
+    #[serde(default)]
+    labels: bool,
+}
+
+#[derive(Serialize)]
+struct PredictResponse<'a> {
+    prediction: Predictions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probabilities: Option<Vec<Vec<f64>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    classes: Option<&'a [String]>,
+}
+
+/// Predicts `rows`, with optional labels and probabilities, counting them in the metrics.
+fn run_prediction<'m>(
+    state: &AppState,
+    model: &'m Model,
+    rows: &ndarray::Array2<f64>,
+    labels: bool,
+    proba: bool,
+) -> Result<PredictResponse<'m>, ApiError> {
+    model.check(rows.view(), state.limits.max_rows)?;
+    let probabilities = if proba {
+        Some(
+            model
+                .predict_proba(rows.view())?
+                .outer_iter()
+                .map(|r| r.to_vec())
+                .collect(),
+        )
+    } else {
+        None
+    };
+    let prediction = model.predict(rows.view());
+    state.metrics.predicted(&prediction);
+    let labels = match (&prediction, labels) {
+        (Predictions::Classes(ids), true) => Some(
+            ids.iter()
+                .map(|&i| model.class_names().get(i).map_or("", String::as_str))
+                .collect(),
+        ),
+        _ => None,
+    };
+    let classes = proba.then(|| model.class_names());
+    Ok(PredictResponse {
+        prediction,
+        labels,
+        probabilities,
+        classes,
+    })
+}
+
+/// `POST /predict {"features": [..] | [[..], ..]}` → `{"prediction": [..]}`.
+async fn predict(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<PredictQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let body = body_bytes(&state, body)?;
+    let model = state.model()?;
+    let rows = rows_from_object(&body, "features").map_err(ApiError::BadRequest)?;
+    let resp = run_prediction(&state, model, &rows.matrix, q.labels, q.proba)?;
+    Ok(json_from_model(model, &resp))
+}
+
+/// `GET /v1/models/{name}`: KServe V1 model status.
+async fn v1_model(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let model = state.model_named(&name)?;
+    Ok(json_from_model(
+        model,
+        &serde_json::json!({"name": model.name, "ready": true}),
+    ))
+}
+
+/// `POST /v1/models/{name}:predict {"instances": [[..]]}` → `{"predictions": [..]}`.
+async fn v1_predict(
+    State(state): State<Arc<AppState>>,
+    Path(name_verb): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Some(name) = name_verb.strip_suffix(":predict") else {
+        return Err(ApiError::NoRoute(format!("/v1/models/{name_verb}")));
+    };
+    let body = body_bytes(&state, body)?;
+    let model = state.model_named(name)?;
+    let rows = rows_from_object(&body, "instances").map_err(ApiError::BadRequest)?;
+    let resp = run_prediction(&state, model, &rows.matrix, false, false)?;
+    Ok(json_from_model(
+        model,
+        &serde_json::json!({"predictions": resp.prediction}),
+    ))
+}
+
+/// `GET /readyz`: 200 once the model is loaded, 503 before and while draining.
+async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let model = state.model()?;
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::Draining);
+    }
+    Ok(axum::Json(
+        serde_json::json!({"status": "ready", "model": model.name, "version": model.version}),
+    )
+    .into_response())
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}

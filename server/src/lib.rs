@@ -1,0 +1,18 @@
+//! The Modelship inference server as a library: artifacts, training, loading, and the HTTP API.
+//!
+//! `main.rs` only parses flags and calls into here; the router is [`http::app`], tested with
+//! `tower::ServiceExt::oneshot` without a socket.
+
+pub mod artifact;
+pub mod batch;
+pub mod error;
+pub mod features;
+pub mod http;
+pub mod load;
+pub mod metrics;
+pub mod model;
+pub mod train;
+mod v2;
+
+pub use artifact::Artifact;
+pub use model::Model;

@@ -1,0 +1,133 @@
+//! A loaded model: validated inputs in, predictions (and probabilities) out.
+
+use linfa::prelude::Predict;
+use ndarray::{Array1, Array2, ArrayView2};
+
+use crate::artifact::{Artifact, Estimator};
+
+/// A model ready to serve, with the name and version it is served under.
+#[derive(Debug)]
+pub struct Model {
+    pub artifact: Artifact,
+    /// Name in URLs (`/v2/models/{name}`) and metrics.
+    pub name: String,
+    /// Version label (from `--model-version`, else the artifact's training time).
+    pub version: String,
+}
+
+/// Predictions for a batch: class ids for classifiers, values for regression.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Predictions {
+    Classes(Vec<usize>),
+    Values(Vec<f64>),
+}
+
+impl Predictions {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Classes(c) => c.len(),
+            Self::Values(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a set of rows cannot be predicted.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum InputError {
+    #[error("expected {expected} features per row, got {got}")]
+    FeatureCount { expected: usize, got: usize },
+    #[error("no rows to predict")]
+    Empty,
+    #[error("{got} rows exceed the limit of {limit} rows per request")]
+    TooManyRows { got: usize, limit: usize },
+    #[error("feature values must be finite numbers")]
+    NotFinite,
+    #[error("probabilities are not available for {0} models")]
+    NoProbabilities(&'static str),
+}
+
+impl Model {
+    pub fn new(artifact: Artifact, name: Option<String>, version: Option<String>) -> Self {
+        let name = name.unwrap_or_else(|| artifact.name.clone());
+        let version = version.unwrap_or_else(|| artifact.training.trained_at.clone());
+        Self {
+            artifact,
+            name,
+            version,
+        }
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.artifact.n_features()
+    }
+
+    pub fn algorithm(&self) -> &'static str {
+        self.artifact.estimator.algorithm()
+    }
+
+    pub fn class_names(&self) -> &[String] {
+        &self.artifact.class_names
+    }
+
+    /// Checks rows against the model before predicting, so linfa's shape assertions never fire.
+    pub fn check(&self, rows: ArrayView2<'_, f64>, limit: usize) -> Result<(), InputError> {
+        if rows.nrows() == 0 {
+            return Err(InputError::Empty);
+        }
+        if rows.ncols() != self.n_features() {
+            return Err(InputError::FeatureCount {
+                expected: self.n_features(),
+                got: rows.ncols(),
+            });
+        }
+        if rows.nrows() > limit {
+            return Err(InputError::TooManyRows {
+                got: rows.nrows(),
+                limit,
+            });
+        }
+        if rows.iter().any(|v| !v.is_finite()) {
+            return Err(InputError::NotFinite);
+        }
+        Ok(())
+    }
+
+    /// Predicts checked rows (see [`Model::check`]).
+    pub fn predict(&self, rows: ArrayView2<'_, f64>) -> Predictions {
+        match &self.artifact.estimator {
+            Estimator::LogisticRegression(m) => {
+                let y: Array1<usize> = m.predict(&rows);
+                Predictions::Classes(y.to_vec())
+            }
+            Estimator::DecisionTree(t) => {
+                let y: Array1<usize> = t.predict(&rows);
+                Predictions::Classes(y.to_vec())
+            }
+            Estimator::LinearRegression(m) => {
+                let y: Array1<f64> = m.predict(&rows);
+                Predictions::Values(y.to_vec())
+            }
+        }
+    }
+
+    /// Class probabilities of checked rows, one row per input row and one column per class name.
+    pub fn predict_proba(&self, rows: ArrayView2<'_, f64>) -> Result<Array2<f64>, InputError> {
+        match &self.artifact.estimator {
+            Estimator::LogisticRegression(m) => {
+                let p = m.predict_probabilities(&rows);
+                // linfa orders columns by `classes()`; reorder to class-id order.
+                let mut out = Array2::zeros((rows.nrows(), self.class_names().len()));
+                for (col, &class) in m.classes().iter().enumerate() {
+                    out.column_mut(class).assign(&p.column(col));
+                }
+                Ok(out)
+            }
+            other => Err(InputError::NoProbabilities(other.algorithm())),
+        }
+    }
+}
