@@ -14,6 +14,9 @@ pub const GROUP: &str = "modelship.dev";
 /// The single field manager the operator uses for every server-side apply.
 pub const FIELD_MANAGER: &str = "modelship-operator";
 
+/// Every checked-in copy of the generated CRD YAML, relative to the workspace root.
+pub const CRD_COPIES: &[&str] = &["crds/mlmodel.yaml"];
+
 /// The CRD as YAML, exactly as checked in at `crds/mlmodel.yaml`.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;

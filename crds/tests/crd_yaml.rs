@@ -10,7 +10,7 @@ fn checked_in(rel: &str) -> String {
 #[test]
 fn checked_in_crd_is_not_stale() {
     let generated = modelship_crds::crd_yaml();
-    for copy in ["crds/mlmodel.yaml"] {
+    for copy in modelship_crds::CRD_COPIES {
         assert!(
             checked_in(copy) == generated,
             "{copy} is stale: run `cargo run -p modelship-crds --bin crdgen -- --write`"

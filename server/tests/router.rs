@@ -1,4 +1,5 @@
 //! Router tests over `app(state)` with `oneshot`: every endpoint and every kind of bad input.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, OnceLock};
 
