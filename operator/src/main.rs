@@ -1,1 +1,293 @@
-fn main() {}
+//! `modelship-operator`: watches MLModels and keeps their Deployments, Services and HPAs in step.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::ListParams;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client};
+use modelship_crds::MLModel;
+use modelship_operator::desired::Settings;
+use modelship_operator::leader::{Elector, LeaseConfig};
+use modelship_operator::metrics::Metrics;
+use modelship_operator::reconcile::{self, Context};
+use tracing::{error, info, warn};
+
+/// The server image released together with this operator.
+const DEFAULT_SERVER_IMAGE: &str = concat!(
+    "ghcr.io/modelship/modelship-server:",
+    env!("CARGO_PKG_VERSION")
+);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "modelship-operator",
+    version,
+    about = "Kubernetes operator that serves MLModels"
+)]
+struct Flags {
+    /// Inference server image for models that do not set spec.server.image.
+    #[arg(long, env = "MODELSHIP_SERVER_IMAGE", default_value = DEFAULT_SERVER_IMAGE)]
+    server_image: String,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "MODELSHIP_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Elect a leader on a Lease so several replicas can run; only the leader writes.
+    #[arg(long, env = "MODELSHIP_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (default: the pod's namespace, else the watched one, else "default").
+    #[arg(long, env = "MODELSHIP_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    #[arg(long, default_value = "modelship-operator")]
+    lease_name: String,
+    /// Identity in the Lease (default: POD_NAME, else hostname plus a unique suffix).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log format.
+    #[arg(long, env = "MODELSHIP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "local".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{host}-{}-{nanos:x}", std::process::id())
+}
+
+#[tokio::main]
+async fn main() {
+    let flags = Flags::parse();
+    init_logs(&flags.log_format);
+    if let Err(e) = run(flags).await {
+        error!(error = format!("{e:#}"), "operator failed");
+        eprintln!("modelship-operator: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(flags: Flags) -> anyhow::Result<()> {
+    let config = kube::Config::infer()
+        .await
+        .context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
+    let client = Client::try_from(config.clone()).context("building the Kubernetes client")?;
+    let models: Api<MLModel> = match &flags.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    models.list(&ListParams::default().limit(1)).await.context(
+        "cannot list MLModels: is the CRD installed? (kubectl apply -f crds/mlmodel.yaml)",
+    )?;
+
+    let metrics = Arc::new(Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let http = tokio::spawn(serve_http(
+        flags.metrics_addr,
+        metrics.clone(),
+        ready.clone(),
+    ));
+    let identity = flags.identity.clone().unwrap_or_else(default_identity);
+
+    let mut elector = if flags.leader_elect {
+        let ns = flags
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .or_else(|| flags.namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        let mut lease_config = config.clone();
+        lease_config.default_retry = false;
+        let lease_client = Client::try_from(lease_config).context("building the lease client")?;
+        Some(Elector::new(
+            lease_client,
+            LeaseConfig::new(ns, flags.lease_name.clone(), identity.clone()),
+        ))
+    } else {
+        None
+    };
+    ready.store(true, Ordering::Relaxed);
+
+    let shutdown = tokio_util_shutdown();
+    if let Some(e) = elector.as_mut() {
+        tokio::select! {
+            _ = e.acquire() => {}
+            _ = shutdown.clone() => { info!("stopped before acquiring leadership"); return Ok(()); }
+        }
+    }
+    metrics.leader.set(1);
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings: Settings {
+            server_image: flags.server_image.clone(),
+        },
+        metrics: metrics.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "modelship-operator".into(),
+                instance: Some(identity.clone()),
+            },
+        ),
+    });
+    let (deployments, services, configmaps): (Api<Deployment>, Api<Service>, Api<ConfigMap>) =
+        match &flags.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<String>();
+    let holder = elector.take().map(|mut e| {
+        tokio::spawn(async move {
+            let reason = e.hold().await;
+            let _ = lost_tx.send(reason);
+            e
+        })
+    });
+    let lost = Arc::new(tokio::sync::Mutex::new(None::<String>));
+    let stop = {
+        let (shutdown, lost) = (shutdown.clone(), lost.clone());
+        async move {
+            tokio::select! {
+                _ = shutdown => info!("shutdown requested"),
+                Ok(reason) = lost_rx => {
+                    warn!(%reason, "lost leadership; stopping");
+                    *lost.lock().await = Some(reason);
+                }
+            }
+        }
+    };
+
+    info!(namespace = flags.namespace.as_deref().unwrap_or("<all>"), server_image = %flags.server_image, %identity, "starting controller");
+    let controller = Controller::new(models, watcher::Config::default());
+    let store = controller.store();
+    controller
+        .owns(deployments, watcher::Config::default())
+        .owns(services, watcher::Config::default())
+        .watches(configmaps, watcher::Config::default(), move |cm| {
+            reconcile::models_using_configmap(&store, &cm)
+        })
+        .graceful_shutdown_on(stop)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                match e {
+                    kube::runtime::controller::Error::ReconcilerFailed(..) => {}
+                    other => warn!(error = %other, "controller event"),
+                }
+            }
+        })
+        .await;
+    metrics.leader.set(0);
+
+    if let Some(reason) = lost.lock().await.take() {
+        http.abort();
+        anyhow::bail!("lost leadership: {reason}");
+    }
+    if let Some(h) = holder {
+        h.abort();
+        if let Ok(mut e) = h.await {
+            e.release().await;
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// A cloneable future that resolves on SIGTERM or Ctrl-C.
+fn tokio_util_shutdown() -> futures::future::Shared<futures::future::BoxFuture<'static, ()>> {
+    use futures::FutureExt;
+    async {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term => {} }
+    }
+    .boxed()
+    .shared()
+}
+
+async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.load(Ordering::Relaxed) {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        );
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => {
+            info!(%addr, "serving /metrics, /healthz and /readyz");
+            if let Err(e) = axum::serve(listener, app).await {
+                error!(error = %e, "metrics server failed");
+            }
+        }
+        Err(e) => error!(%addr, error = %e, "cannot bind the metrics address"),
+    }
+}

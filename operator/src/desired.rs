@@ -1,0 +1,438 @@
+//! Pure builders: an MLModel (plus what was resolved about its model source) in, the desired
+//! children out. No I/O here; every object is built from scratch for server-side apply.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
+    MetricTarget, ResourceMetricSource,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    HTTPGetAction, KeyToPath, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use modelship_crds::{MLModel, ModelUri, labels};
+use sha2::{Digest, Sha256};
+
+/// Operator-wide settings the builders need.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Server image used when `spec.server.image` is not set.
+    pub server_image: String,
+}
+
+/// What reconcile learned about the model source before building the pods.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SourceVersion {
+    /// Digest of the referenced ConfigMap key's content, so an edited ConfigMap rolls out.
+    pub content_hash: Option<String>,
+}
+
+/// Container port the server listens on unless `spec.server.port` says otherwise.
+pub const DEFAULT_SERVER_PORT: i32 = 8080;
+/// Service port unless `spec.service.port` says otherwise.
+pub const DEFAULT_SERVICE_PORT: i32 = 80;
+/// Where ConfigMap and PVC model sources are mounted in the server container.
+pub const MODEL_MOUNT: &str = "/var/lib/modelship/model";
+/// Seconds a terminating pod keeps serving while reporting not-ready (endpoints catch up).
+pub const DRAIN_SECONDS: i64 = 5;
+/// The unprivileged UID/GID the server runs as (distroless `nonroot`).
+const NONROOT: i64 = 65532;
+
+/// Labels every child carries: ours plus the MLModel's own copyable labels.
+pub fn common_labels(model: &MLModel) -> BTreeMap<String, String> {
+    let name = model.name_any();
+    let mut out: BTreeMap<String, String> = model
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| labels::is_copyable(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    out.insert(labels::MODEL.into(), name.clone());
+    out.insert(labels::NAME.into(), name);
+    out.insert(labels::COMPONENT.into(), "inference-server".into());
+    out.insert(labels::PART_OF.into(), "modelship".into());
+    out.insert(
+        labels::MANAGED_BY.into(),
+        modelship_crds::FIELD_MANAGER.into(),
+    );
+    if let Some(v) = model
+        .spec
+        .model
+        .version
+        .as_deref()
+        .filter(|v| is_label_value(v))
+    {
+        out.insert(labels::VERSION.into(), v.into());
+    }
+    out
+}
+
+fn is_label_value(v: &str) -> bool {
+    v.len() <= 63
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && v.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// The immutable Deployment selector: identity only, never a version or hash.
+pub fn selector_labels(model: &MLModel) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::MODEL.to_string(), model.name_any()),
+        (labels::TRACK.to_string(), labels::TRACK_STABLE.to_string()),
+    ])
+}
+
+/// The label selector of all server pods of a model, as a string (for `status.selector`).
+pub fn pod_selector_string(model: &MLModel) -> String {
+    format!("{}={}", labels::MODEL, model.name_any())
+}
+
+fn metadata(model: &MLModel, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: model.namespace(),
+        labels: Some(common_labels(model)),
+        owner_references: model.controller_owner_ref(&()).map(|r| vec![r]),
+        ..Default::default()
+    }
+}
+
+pub fn server_port(model: &MLModel) -> i32 {
+    model
+        .spec
+        .server
+        .as_ref()
+        .and_then(|s| s.port)
+        .unwrap_or(DEFAULT_SERVER_PORT)
+}
+
+pub fn service_port(model: &MLModel) -> i32 {
+    model
+        .spec
+        .service
+        .as_ref()
+        .and_then(|s| s.port)
+        .unwrap_or(DEFAULT_SERVICE_PORT)
+}
+
+/// In-cluster URL of the model's Service.
+pub fn service_url(model: &MLModel) -> String {
+    let ns = model.namespace().unwrap_or_else(|| "default".into());
+    match service_port(model) {
+        80 => format!("http://{}.{ns}.svc", model.name_any()),
+        port => format!("http://{}.{ns}.svc:{port}", model.name_any()),
+    }
+}
+
+/// How the model reaches the container: the `--model` argument and any volume to mount.
+struct Delivery {
+    model_arg: String,
+    volume: Option<Volume>,
+}
+
+fn delivery(uri: &ModelUri) -> Delivery {
+    match uri {
+        ModelUri::ConfigMap { name, key } => Delivery {
+            model_arg: format!("{MODEL_MOUNT}/{key}"),
+            volume: Some(Volume {
+                name: "model".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: name.clone(),
+                    items: Some(vec![KeyToPath {
+                        key: key.clone(),
+                        path: key.clone(),
+                        mode: None,
+                    }]),
+                    default_mode: Some(0o444),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+        },
+        ModelUri::Pvc { claim, path } => Delivery {
+            model_arg: format!("{MODEL_MOUNT}/{path}"),
+            volume: Some(Volume {
+                name: "model".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    read_only: Some(true),
+                }),
+                ..Default::default()
+            }),
+        },
+        ModelUri::Http(url) => Delivery {
+            model_arg: url.clone(),
+            volume: None,
+        },
+        ModelUri::File(path) => Delivery {
+            model_arg: path.clone(),
+            volume: None,
+        },
+    }
+}
+
+/// Hash of everything whose change must roll out new pods.
+pub fn rollout_hash(model: &MLModel, settings: &Settings, source: &SourceVersion) -> String {
+    let input = serde_json::json!({
+        "model": model.spec.model,
+        "server": model.spec.server,
+        "image": settings.server_image,
+        "content": source.content_hash,
+    });
+    let digest = Sha256::digest(input.to_string().as_bytes());
+    hex::encode(&digest[..8])
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("100m".into())),
+            ("memory".to_string(), Quantity("64Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("256Mi".into()),
+        )])),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+/// The server container's arguments.
+fn server_args(model: &MLModel, model_arg: String) -> Vec<String> {
+    let mut args = vec![
+        "serve".to_string(),
+        "--model".into(),
+        model_arg,
+        "--name".into(),
+        model.name_any(),
+        "--port".into(),
+        server_port(model).to_string(),
+        "--drain-seconds".into(),
+        DRAIN_SECONDS.to_string(),
+        "--log-format".into(),
+        "json".into(),
+    ];
+    if let Some(sha) = &model.spec.model.sha256 {
+        args.extend(["--sha256".into(), sha.clone()]);
+    }
+    if let Some(v) = &model.spec.model.version {
+        args.extend(["--model-version".into(), v.clone()]);
+    }
+    args
+}
+
+/// The server Deployment. `uri` is the parsed `spec.model.uri`.
+pub fn deployment(
+    model: &MLModel,
+    uri: &ModelUri,
+    settings: &Settings,
+    source: &SourceVersion,
+) -> Deployment {
+    let server = model.spec.server.clone().unwrap_or_default();
+    let Delivery { model_arg, volume } = delivery(uri);
+    let mut pod_labels = common_labels(model);
+    pod_labels.extend(selector_labels(model));
+
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    if let Some(v) = volume {
+        mounts.push(VolumeMount {
+            name: "model".into(),
+            mount_path: MODEL_MOUNT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(v);
+    }
+
+    let container = Container {
+        name: "server".into(),
+        image: Some(
+            server
+                .image
+                .clone()
+                .unwrap_or_else(|| settings.server_image.clone()),
+        ),
+        args: Some(server_args(model, model_arg)),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: server_port(model),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        env: (!server.env.is_empty()).then(|| server.env.clone()),
+        resources: Some(server.resources.clone().unwrap_or_else(default_resources)),
+        readiness_probe: Some(http_probe("/readyz", 2, 2)),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        volume_mounts: Some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(NONROOT),
+            run_as_group: Some(NONROOT),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    Deployment {
+        metadata: metadata(model, model.name_any()),
+        spec: Some(DeploymentSpec {
+            // With autoscaling the HPA owns the count; we must not send the field at all.
+            replicas: model
+                .spec
+                .autoscaling
+                .is_none()
+                .then_some(model.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(model)),
+                match_expressions: None,
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::String("25%".into())),
+                }),
+            }),
+            revision_history_limit: Some(5),
+            progress_deadline_seconds: Some(600),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(
+                        labels::ROLLOUT_HASH.into(),
+                        rollout_hash(model, settings, source),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(30),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(NONROOT),
+                        run_as_group: Some(NONROOT),
+                        fs_group: Some(NONROOT),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            localhost_profile: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The Service in front of every server pod of the model.
+pub fn service(model: &MLModel) -> Service {
+    let type_ = model
+        .spec
+        .service
+        .as_ref()
+        .map(|s| s.type_)
+        .unwrap_or_default();
+    Service {
+        metadata: metadata(model, model.name_any()),
+        spec: Some(ServiceSpec {
+            type_: Some(type_.as_str().into()),
+            selector: Some(BTreeMap::from([(
+                labels::MODEL.to_string(),
+                model.name_any(),
+            )])),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: service_port(model),
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The HorizontalPodAutoscaler, when `spec.autoscaling` is set.
+pub fn hpa(model: &MLModel) -> Option<HorizontalPodAutoscaler> {
+    let a = model.spec.autoscaling.as_ref()?;
+    Some(HorizontalPodAutoscaler {
+        metadata: metadata(model, model.name_any()),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: model.name_any(),
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas,
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(a.target_cpu_utilization_percentage),
+                        ..Default::default()
+                    },
+                }),
+                ..Default::default()
+            }]),
+            behavior: None,
+        }),
+        status: None,
+    })
+}

@@ -1,0 +1,195 @@
+//! Leader election on a `coordination.k8s.io/v1` Lease, in the manner of client-go: every replica
+//! tries; the holder renews every `retry` and gives up leadership when it has not renewed for
+//! `renew_deadline` (shorter than the lease duration, as there is no fencing). A lease is taken
+//! over only after its record stayed unchanged for a whole lease duration of *our* clock.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use tracing::{debug, info, warn};
+
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    /// Unique per replica (the pod name in a cluster).
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry: Duration,
+}
+
+impl LeaseConfig {
+    pub fn new(namespace: String, name: String, identity: String) -> Self {
+        Self {
+            namespace,
+            name,
+            identity,
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry: Duration::from_secs(2),
+        }
+    }
+}
+
+pub struct Elector {
+    api: Api<Lease>,
+    cfg: LeaseConfig,
+    /// The last lease record seen from another holder and when we first saw it.
+    observed: Option<(String, Instant)>,
+}
+
+/// The parts of a lease record that change on every renewal.
+fn record_key(spec: &LeaseSpec) -> String {
+    format!(
+        "{}|{}|{}",
+        spec.holder_identity.as_deref().unwrap_or_default(),
+        spec.renew_time
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default(),
+        spec.lease_transitions.unwrap_or(0)
+    )
+}
+
+fn now() -> MicroTime {
+    MicroTime(jiff::Timestamp::now())
+}
+
+impl Elector {
+    /// `client` should not retry on its own (a stalled renewal must fail, not hang).
+    pub fn new(client: kube::Client, cfg: LeaseConfig) -> Self {
+        Self {
+            api: Api::namespaced(client, &cfg.namespace),
+            cfg,
+            observed: None,
+        }
+    }
+
+    fn duration_secs(&self) -> i32 {
+        self.cfg.lease_duration.as_secs() as i32
+    }
+
+    /// One attempt to acquire or renew. `Ok(true)` when we hold the lease afterwards.
+    async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        let me = self.cfg.identity.clone();
+        let Some(mut lease) = self.api.get_opt(&self.cfg.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.cfg.name.clone()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(me),
+                    lease_duration_seconds: Some(self.duration_secs()),
+                    acquire_time: Some(now()),
+                    renew_time: Some(now()),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        if holder != me && !holder.is_empty() {
+            let key = record_key(spec);
+            let first_seen = match &self.observed {
+                Some((k, at)) if *k == key => *at,
+                _ => {
+                    self.observed = Some((key, Instant::now()));
+                    Instant::now()
+                }
+            };
+            let held_for =
+                Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
+            if first_seen.elapsed() < held_for {
+                debug!(holder, "lease held by another replica");
+                return Ok(false);
+            }
+            info!(previous = holder, "lease expired; taking over");
+        }
+        if holder != me {
+            spec.acquire_time = Some(now());
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+            spec.holder_identity = Some(me);
+        }
+        spec.renew_time = Some(now());
+        spec.lease_duration_seconds = Some(self.duration_secs());
+        // The resourceVersion from our GET makes this a compare-and-swap: a concurrent writer wins.
+        match self
+            .api
+            .replace(&self.cfg.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until this replica holds the lease.
+    pub async fn acquire(&mut self) {
+        info!(lease = %self.cfg.name, namespace = %self.cfg.namespace, identity = %self.cfg.identity, "waiting for leadership");
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => {
+                    info!(identity = %self.cfg.identity, "acquired leadership");
+                    return;
+                }
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "lease acquire attempt failed"),
+            }
+            tokio::time::sleep(self.cfg.retry).await;
+        }
+    }
+
+    /// Renews until leadership is lost: another holder took over, or no renewal succeeded
+    /// within the renew deadline. Returns the reason.
+    pub async fn hold(&mut self) -> String {
+        let mut last_renewal = Instant::now();
+        loop {
+            tokio::time::sleep(self.cfg.retry).await;
+            let attempt = tokio::time::timeout(self.cfg.retry, self.try_acquire_or_renew()).await;
+            match attempt {
+                Ok(Ok(true)) => last_renewal = Instant::now(),
+                Ok(Ok(false)) => return "another replica holds the lease".into(),
+                Ok(Err(e)) => warn!(error = %e, "lease renewal failed"),
+                Err(_) => warn!("lease renewal timed out"),
+            }
+            if last_renewal.elapsed() >= self.cfg.renew_deadline {
+                return format!("no successful renewal for {:?}", self.cfg.renew_deadline);
+            }
+        }
+    }
+
+    /// Gives the lease up (on clean shutdown) so a standby takes over at once.
+    pub async fn release(&mut self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.cfg.name).await else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
+        if spec.holder_identity.as_deref() != Some(self.cfg.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(now());
+        match self
+            .api
+            .replace(&self.cfg.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => info!("released leadership"),
+            Err(e) => warn!(error = %e, "cannot release the lease"),
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The Modelship operator as a library: pure builders (`desired`, `status`), the reconcile
+//! (`reconcile`), model-source resolution, leader election and metrics.
+
+pub mod desired;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod source;
+pub mod status;

@@ -1,0 +1,62 @@
+# Shared by tests/cluster/{up,down,restart}: where the local control plane keeps its state.
+# shellcheck shell=bash
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+export GOTOOLCHAIN=local
+STATE=${MODELSHIP_CLUSTER_DIR:-$(cd "$here/../.." && pwd)/.cluster}
+ETCD_PORT=${MODELSHIP_ETCD_PORT:-23790}
+ETCD_PEER_PORT=$((ETCD_PORT + 10))
+APISERVER_PORT=${MODELSHIP_APISERVER_PORT:-16443}
+KUBECONFIG_FILE="$STATE/kubeconfig"
+
+log() { echo "[cluster $(date +%H:%M:%S)] $*" >&2; }
+
+# Waits up to $1 seconds for the command in "${@:2}" to succeed.
+wait_for() {
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then return 1; fi
+    sleep 0.5
+  done
+}
+
+# Starts component $1 in the background with the rest as its command line; records its PID.
+start() {
+  local name=$1; shift
+  "$@" >"$STATE/logs/$name.log" 2>&1 &
+  echo $! >"$STATE/pids/$name"
+  log "started $name (pid $!)"
+}
+
+# Stops component $1 by the PID we recorded, waiting for it to exit.
+stop() {
+  local pidfile="$STATE/pids/$1" pid
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    log "stopped $1 (pid $pid)"
+  fi
+  rm -f "$pidfile"
+}
+
+start_apiserver() {
+  local p="$STATE/pki"
+  start kube-apiserver "$BIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" \
+    --client-ca-file="$p/ca.crt" \
+    --authorization-mode=RBAC \
+    --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-cluster-ip-range=10.96.0.0/16 \
+    --allow-privileged=true --profiling=false \
+    --endpoint-reconciler-type=none
+}
+
+apiserver_healthy() {
+  kubectl --kubeconfig "$KUBECONFIG_FILE" get --raw /readyz
+}
