@@ -111,125 +111,119 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
-    let http = tokio::spawn(serve_http(
+    tokio::spawn(serve_http(
         flags.metrics_addr,
         metrics.clone(),
         ready.clone(),
     ));
     let identity = flags.identity.clone().unwrap_or_else(default_identity);
 
-    let mut elector = if flags.leader_elect {
-        let ns = flags
-            .lease_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .or_else(|| flags.namespace.clone())
-            .unwrap_or_else(|| "default".into());
-        let mut lease_config = config.clone();
-        lease_config.default_retry = false;
-        let lease_client = Client::try_from(lease_config).context("building the lease client")?;
-        Some(Elector::new(
-            lease_client,
-            LeaseConfig::new(ns, flags.lease_name.clone(), identity.clone()),
-        ))
-    } else {
-        None
-    };
+    let lease_ns = flags
+        .lease_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .or_else(|| flags.namespace.clone())
+        .unwrap_or_else(|| "default".into());
+    let lease_config = LeaseConfig::new(lease_ns, flags.lease_name.clone(), identity.clone());
+    let elector = if flags.leader_elect { Some(Elector::new(lease_client(&config)?, lease_config.clone())) } else { None };
     ready.store(true, Ordering::Relaxed);
 
     let shutdown = tokio_util_shutdown();
-    if let Some(e) = elector.as_mut() {
-        tokio::select! {
-            _ = e.acquire() => {}
-            _ = shutdown.clone() => { info!("stopped before acquiring leadership"); return Ok(()); }
-        }
-    }
-    metrics.leader.set(1);
-
     let ctx = Arc::new(Context {
         client: client.clone(),
-        settings: Settings {
-            server_image: flags.server_image.clone(),
-        },
+        settings: Settings { server_image: flags.server_image.clone() },
         metrics: metrics.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "modelship-operator".into(),
-                instance: Some(identity.clone()),
-            },
-        ),
+        recorder: Recorder::new(client.clone(), Reporter { controller: "modelship-operator".into(), instance: Some(identity.clone()) }),
     });
-    let (deployments, services, configmaps): (Api<Deployment>, Api<Service>, Api<ConfigMap>) =
-        match &flags.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        };
+    info!(namespace = flags.namespace.as_deref().unwrap_or("<all>"), server_image = %flags.server_image, %identity, "operator started");
 
-    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<String>();
-    let holder = elector.take().map(|mut e| {
-        tokio::spawn(async move {
-            let reason = e.hold().await;
+    let Some(mut elector) = elector else {
+        run_controller(&client, flags.namespace.as_deref(), ctx, shutdown).await;
+        info!("stopped");
+        return Ok(());
+    };
+    // Lead, and fall back to standby whenever leadership is lost (e.g. the API server was away
+    // longer than the renew deadline): never two writers, and no crash.
+    loop {
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = shutdown.clone() => { info!("stopped while on standby"); return Ok(()); }
+        }
+        metrics.leader.set(1);
+        let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<String>();
+        let holder = tokio::spawn(async move {
+            let reason = elector.hold().await;
             let _ = lost_tx.send(reason);
-            e
-        })
-    });
-    let lost = Arc::new(tokio::sync::Mutex::new(None::<String>));
-    let stop = {
-        let (shutdown, lost) = (shutdown.clone(), lost.clone());
-        async move {
-            tokio::select! {
-                _ = shutdown => info!("shutdown requested"),
-                Ok(reason) = lost_rx => {
-                    warn!(%reason, "lost leadership; stopping");
-                    *lost.lock().await = Some(reason);
+            elector
+        });
+        let lost = Arc::new(std::sync::Mutex::new(None::<String>));
+        let stop = {
+            let (shutdown, lost) = (shutdown.clone(), lost.clone());
+            async move {
+                tokio::select! {
+                    _ = shutdown => info!("shutdown requested"),
+                    Ok(reason) = lost_rx => {
+                        warn!(%reason, "lost leadership; stopping the controller and returning to standby");
+                        if let Ok(mut l) = lost.lock() {
+                            *l = Some(reason);
+                        }
+                    }
                 }
             }
+        };
+        run_controller(&client, flags.namespace.as_deref(), ctx.clone(), stop).await;
+        metrics.leader.set(0);
+        let was_lost = lost.lock().map(|l| l.is_some()).unwrap_or(false);
+        if !was_lost {
+            holder.abort();
         }
-    };
+        elector = match holder.await {
+            Ok(e) => e,
+            Err(_) => Elector::new(lease_client(&config)?, lease_config.clone()),
+        };
+        if !was_lost {
+            elector.release().await;
+            info!("stopped");
+            return Ok(());
+        }
+    }
+}
 
-    info!(namespace = flags.namespace.as_deref().unwrap_or("<all>"), server_image = %flags.server_image, %identity, "starting controller");
-    let controller = Controller::new(models, watcher::Config::default());
+fn lease_client(config: &kube::Config) -> anyhow::Result<Client> {
+    let mut lease_config = config.clone();
+    lease_config.default_retry = false;
+    Client::try_from(lease_config).context("building the lease client")
+}
+
+/// Runs the MLModel controller until `stop` resolves.
+async fn run_controller(client: &Client, namespace: Option<&str>, ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    info!("starting controller");
+    let controller = Controller::new(api::<MLModel>(client, namespace), watcher::Config::default());
     let store = controller.store();
     controller
-        .owns(deployments, watcher::Config::default())
-        .owns(services, watcher::Config::default())
-        .watches(configmaps, watcher::Config::default(), move |cm| {
-            reconcile::models_using_configmap(&store, &cm)
-        })
+        .owns(api::<Deployment>(client, namespace), watcher::Config::default())
+        .owns(api::<Service>(client, namespace), watcher::Config::default())
+        .watches(api::<ConfigMap>(client, namespace), watcher::Config::default(), move |cm| reconcile::models_using_configmap(&store, &cm))
         .graceful_shutdown_on(stop)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
-            if let Err(e) = res {
-                match e {
-                    kube::runtime::controller::Error::ReconcilerFailed(..) => {}
-                    other => warn!(error = %other, "controller event"),
-                }
+            match res {
+                Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                Err(other) => warn!(error = %other, "controller event"),
             }
         })
         .await;
-    metrics.leader.set(0);
-
-    if let Some(reason) = lost.lock().await.take() {
-        http.abort();
-        anyhow::bail!("lost leadership: {reason}");
-    }
-    if let Some(h) = holder {
-        h.abort();
-        if let Ok(mut e) = h.await {
-            e.release().await;
-        }
-    }
-    info!("stopped");
-    Ok(())
+    info!("controller stopped");
 }
 
 /// A cloneable future that resolves on SIGTERM or Ctrl-C.

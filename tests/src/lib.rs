@@ -1,1 +1,207 @@
+//! Helpers for the integration suite: it runs against whatever cluster `KUBECONFIG` points to
+//! (the local control plane of `tests/cluster/up`, or kind in GitHub Actions) and fails loudly
+//! when none is reachable.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::PostParams;
+use kube::{Api, Client};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A built binary of the workspace (`cargo build --bins` runs before the suite).
+pub fn binary(name: &str) -> PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
+    let path = dir.join("debug").join(name);
+    assert!(path.exists(), "{} is not built: run `cargo build --bins` first", path.display());
+    path
+}
+
+/// A client for the cluster under test; panics with a clear message when there is none.
+pub async fn client() -> Client {
+    let client = Client::try_default()
+        .await
+        .expect("no Kubernetes cluster configured: set KUBECONFIG (tests/cluster/up prints it)");
+    client
+        .apiserver_version()
+        .await
+        .expect("the Kubernetes API server is not reachable: start it with tests/cluster/up");
+    client
+}
+
+/// Runs real `kubectl` against the cluster under test.
+pub fn kubectl(args: &[&str]) -> anyhow::Result<String> {
+    kubectl_stdin(args, None)
+}
+
+/// Runs `kubectl` with `stdin` piped in; returns stdout, or stderr as the error.
+pub fn kubectl_stdin(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut child = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running kubectl")?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` with `what` in the message.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A namespace for one test. Dropped: dumps its objects if the test failed, then deletes it.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let name = format!("{prefix}-{:x}", nanos ^ std::process::id());
+        let ns = Namespace { metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create test namespace");
+        // Pods need the namespace's default ServiceAccount, which a controller creates.
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
+        wait_for("the default ServiceAccount", Duration::from_secs(30), || async { sas.get_opt("default").await.ok().flatten() }).await;
+        Self { name }
+    }
+
+    /// The namespace's objects, for failure reports.
+    pub fn dump(&self) -> String {
+        let all = kubectl(&["-n", &self.name, "get", "mlmodels,deployments,replicasets,services,pods,hpa,configmaps,events", "-o", "wide"]).unwrap_or_else(|e| e.to_string());
+        let yaml = kubectl(&["-n", &self.name, "get", "mlmodels,deployments", "-o", "yaml"]).unwrap_or_else(|e| e.to_string());
+        format!("{all}\n{yaml}")
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== objects in namespace {} at failure ====\n{}", self.name, self.dump());
+        }
+        // kubectl, not our client: the client's worker lives on the test's runtime, which may be
+        // gone or blocked by now.
+        let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A `modelship-operator` process run out of cluster from the freshly built binary.
+pub struct Operator {
+    child: Child,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+/// How to start an operator in a test.
+#[derive(Clone, Debug)]
+pub struct OperatorOptions {
+    pub namespace: String,
+    pub lease_name: String,
+    pub identity: String,
+    pub leader_elect: bool,
+}
+
+impl OperatorOptions {
+    pub fn for_namespace(ns: &str) -> Self {
+        Self { namespace: ns.into(), lease_name: format!("op-{ns}"), identity: format!("test-{ns}"), leader_elect: true }
+    }
+}
+
+impl Operator {
+    pub fn start(opts: &OperatorOptions) -> Self {
+        let metrics_port = free_port();
+        let log = std::env::temp_dir().join(format!("modelship-operator-{}-{}.log", opts.identity, metrics_port));
+        let file = std::fs::File::create(&log).expect("operator log file");
+        let child = Command::new(binary("modelship-operator"))
+            .args(["--namespace", &opts.namespace, "--lease-namespace", &opts.namespace, "--lease-name", &opts.lease_name])
+            .args(["--identity", &opts.identity, "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--leader-elect", if opts.leader_elect { "true" } else { "false" }])
+            .args(["--server-image", "modelship-server:test"])
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(file.try_clone().expect("log handle"))
+            .stderr(file)
+            .spawn()
+            .expect("start modelship-operator");
+        Self { child, metrics_port, log }
+    }
+
+    /// The operator's Prometheus metrics text.
+    pub async fn metrics(&self) -> Option<String> {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await.ok()?.text().await.ok()
+    }
+
+    /// The value of one sample (exact series text, labels included), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics().await.unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(s, _)| *s == series)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for exit; returns whether it exited successfully.
+    pub fn terminate(mut self) -> bool {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// Kills the process at once (a crash).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== operator log {} ====\n{}", self.log.display(), self.log_text());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,47 @@
+//! Disruptive scenarios, in their own test binary so they never overlap the parallel suite:
+//! the API server restarted under a running operator.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use kube::Api;
+use modelship_crds::MLModel;
+use modelship_tests::{Operator, OperatorOptions, TestNamespace, client, kubectl, root, wait_for};
+
+fn ready_with_version(m: &MLModel, version: &str) -> bool {
+    m.status.as_ref().is_some_and(|s| {
+        s.observed_generation == m.metadata.generation
+            && s.model_version.as_deref() == Some(version)
+            && s.condition("Ready").is_some_and(|c| c.status == "True")
+    })
+}
+
+#[tokio::test]
+async fn the_operator_survives_an_api_server_restart() {
+    // tests/run sets this to tests/cluster/restart-apiserver; the kind workflow to its own command.
+    let restart = std::env::var("MODELSHIP_APISERVER_RESTART_CMD")
+        .expect("MODELSHIP_APISERVER_RESTART_CMD must name a command that restarts the API server");
+    let c = client().await;
+    kubectl(&["apply", "--server-side", "--force-conflicts", "-f", root().join("crds/mlmodel.yaml").to_str().unwrap()]).unwrap();
+    let ns = TestNamespace::new(&c, "apirestart").await;
+    let op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
+    kubectl(&["apply", "-n", &ns.name, "-f", root().join("examples/iris.yaml").to_str().unwrap()]).unwrap();
+    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
+    wait_for("iris v1 Ready", Duration::from_secs(60), || async { models.get("iris").await.ok().filter(|m| ready_with_version(m, "v1")) }).await;
+
+    let status = Command::new("bash").args(["-c", &restart]).status().unwrap();
+    assert!(status.success(), "{restart} failed");
+    let c = client().await;
+    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
+
+    // The operator's watches must have resumed: a change made after the restart is reconciled.
+    kubectl(&["patch", "mlmodel", "iris", "-n", &ns.name, "--type", "merge", "-p", r#"{"spec":{"model":{"version":"v2"}}}"#]).unwrap();
+    wait_for("iris v2 Ready after the restart", Duration::from_secs(120), || async {
+        models.get("iris").await.ok().filter(|m| ready_with_version(m, "v2"))
+    })
+    .await;
+    assert!(op.metric("modelship_operator_leader").await == 1.0, "the operator is still running and leading");
+    let log = op.log_text();
+    assert!(!log.contains("panicked"), "the operator panicked:\n{log}");
+}
