@@ -125,15 +125,27 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .or_else(|| flags.namespace.clone())
         .unwrap_or_else(|| "default".into());
     let lease_config = LeaseConfig::new(lease_ns, flags.lease_name.clone(), identity.clone());
-    let elector = if flags.leader_elect { Some(Elector::new(lease_client(&config)?, lease_config.clone())) } else { None };
+    let elector = if flags.leader_elect {
+        Some(Elector::new(lease_client(&config)?, lease_config.clone()))
+    } else {
+        None
+    };
     ready.store(true, Ordering::Relaxed);
 
     let shutdown = tokio_util_shutdown();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        settings: Settings { server_image: flags.server_image.clone() },
+        settings: Settings {
+            server_image: flags.server_image.clone(),
+        },
         metrics: metrics.clone(),
-        recorder: Recorder::new(client.clone(), Reporter { controller: "modelship-operator".into(), instance: Some(identity.clone()) }),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "modelship-operator".into(),
+                instance: Some(identity.clone()),
+            },
+        ),
     });
     info!(namespace = flags.namespace.as_deref().unwrap_or("<all>"), server_image = %flags.server_image, %identity, "operator started");
 
@@ -196,10 +208,18 @@ fn lease_client(config: &kube::Config) -> anyhow::Result<Client> {
 }
 
 /// Runs the MLModel controller until `stop` resolves.
-async fn run_controller(client: &Client, namespace: Option<&str>, ctx: Arc<Context>, stop: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+async fn run_controller(
+    client: &Client,
+    namespace: Option<&str>,
+    ctx: Arc<Context>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
     where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
         K::DynamicType: Default,
     {
         match ns {
@@ -208,12 +228,25 @@ async fn run_controller(client: &Client, namespace: Option<&str>, ctx: Arc<Conte
         }
     }
     info!("starting controller");
-    let controller = Controller::new(api::<MLModel>(client, namespace), watcher::Config::default());
+    let controller = Controller::new(
+        api::<MLModel>(client, namespace),
+        watcher::Config::default(),
+    );
     let store = controller.store();
     controller
-        .owns(api::<Deployment>(client, namespace), watcher::Config::default())
-        .owns(api::<Service>(client, namespace), watcher::Config::default())
-        .watches(api::<ConfigMap>(client, namespace), watcher::Config::default(), move |cm| reconcile::models_using_configmap(&store, &cm))
+        .owns(
+            api::<Deployment>(client, namespace),
+            watcher::Config::default(),
+        )
+        .owns(
+            api::<Service>(client, namespace),
+            watcher::Config::default(),
+        )
+        .watches(
+            api::<ConfigMap>(client, namespace),
+            watcher::Config::default(),
+            move |cm| reconcile::models_using_configmap(&store, &cm),
+        )
         .graceful_shutdown_on(stop)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
