@@ -89,9 +89,7 @@ pub struct ModelSpec {
 }
 
 /// Model artifact formats the server can load.
-#[derive(
-    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
-)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelFormat {
     /// A Modelship artifact holding a model trained with linfa (`modelship-server train`).
@@ -114,10 +112,7 @@ pub struct AutoscalingSpec {
     pub max_replicas: i32,
 
     /// Average CPU utilisation, in percent of the requested CPU, that the autoscaler aims for.
-    #[serde(
-        rename = "targetCPUUtilizationPercentage",
-        default = "default_cpu_target"
-    )]
+    #[serde(rename = "targetCPUUtilizationPercentage", default = "default_cpu_target")]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization_percentage: i32,
 }
@@ -166,9 +161,7 @@ pub struct ServiceSpec {
 }
 
 /// Kubernetes Service types.
-#[derive(
-    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
-)]
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ServiceType {
     /// Reachable inside the cluster only.
     #[default]

@@ -19,8 +19,7 @@ fn checked_in_crd_is_not_stale() {
 }
 
 fn schema() -> serde_json::Value {
-    let crd: serde_json::Value =
-        serde_yaml::from_str(&checked_in("crds/mlmodel.yaml")).expect("CRD YAML parses");
+    let crd: serde_json::Value = serde_yaml::from_str(&checked_in("crds/mlmodel.yaml")).expect("CRD YAML parses");
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
 }
 
@@ -30,16 +29,9 @@ fn cel_rules_are_in_the_schema() {
     let spec = &s["properties"]["spec"]["properties"];
     let auto = &spec["autoscaling"]["x-kubernetes-validations"][0];
     assert_eq!(auto["rule"], "self.minReplicas <= self.maxReplicas");
-    assert!(
-        auto["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("minReplicas")
-    );
+    assert!(auto["message"].as_str().unwrap_or_default().contains("minReplicas"));
     let uri = &spec["model"]["properties"]["uri"];
-    let rule = uri["x-kubernetes-validations"][0]["rule"]
-        .as_str()
-        .unwrap_or_default();
+    let rule = uri["x-kubernetes-validations"][0]["rule"].as_str().unwrap_or_default();
     for scheme in ["configmap://", "pvc://", "https?://", "file:///"] {
         assert!(rule.contains(scheme), "URI rule lacks {scheme}: {rule}");
     }
@@ -54,39 +46,20 @@ fn ranges_enums_and_required_fields() {
     assert_eq!(spec["required"], serde_json::json!(["model"]));
     assert_eq!(spec["properties"]["replicas"]["minimum"], 0.0);
     assert_eq!(spec["properties"]["replicas"]["default"], 1);
-    assert_eq!(
-        spec["properties"]["model"]["properties"]["format"]["enum"],
-        serde_json::json!(["linfa"])
-    );
-    assert_eq!(
-        spec["properties"]["model"]["properties"]["sha256"]["pattern"],
-        "^[a-f0-9]{64}$"
-    );
+    assert_eq!(spec["properties"]["model"]["properties"]["format"]["enum"], serde_json::json!(["linfa"]));
+    assert_eq!(spec["properties"]["model"]["properties"]["sha256"]["pattern"], "^[a-f0-9]{64}$");
     let conditions = &s["properties"]["status"]["properties"]["conditions"];
     assert_eq!(conditions["x-kubernetes-list-type"], "map");
-    assert_eq!(
-        conditions["x-kubernetes-list-map-keys"],
-        serde_json::json!(["type"])
-    );
+    assert_eq!(conditions["x-kubernetes-list-map-keys"], serde_json::json!(["type"]));
 }
 
 #[test]
 fn scale_subresource_and_printer_columns() {
-    let crd: serde_json::Value =
-        serde_yaml::from_str(&checked_in("crds/mlmodel.yaml")).expect("parses");
+    let crd: serde_json::Value = serde_yaml::from_str(&checked_in("crds/mlmodel.yaml")).expect("parses");
     let v = &crd["spec"]["versions"][0];
-    assert_eq!(
-        v["subresources"]["scale"]["specReplicasPath"],
-        ".spec.replicas"
-    );
-    assert_eq!(
-        v["subresources"]["scale"]["statusReplicasPath"],
-        ".status.replicas"
-    );
-    assert_eq!(
-        v["subresources"]["scale"]["labelSelectorPath"],
-        ".status.selector"
-    );
+    assert_eq!(v["subresources"]["scale"]["specReplicasPath"], ".spec.replicas");
+    assert_eq!(v["subresources"]["scale"]["statusReplicasPath"], ".status.replicas");
+    assert_eq!(v["subresources"]["scale"]["labelSelectorPath"], ".status.selector");
     let names: Vec<_> = v["additionalPrinterColumns"]
         .as_array()
         .expect("printer columns")
@@ -94,8 +67,5 @@ fn scale_subresource_and_printer_columns() {
         .map(|c| c["name"].as_str().unwrap_or_default().to_uppercase())
         .collect();
     assert_eq!(names, ["READY", "VERSION", "REPLICAS", "URL", "AGE"]);
-    assert_eq!(
-        crd["spec"]["names"]["shortNames"],
-        serde_json::json!(["mlm"])
-    );
+    assert_eq!(crd["spec"]["names"]["shortNames"], serde_json::json!(["mlm"]));
 }

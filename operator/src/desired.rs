@@ -3,18 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
-};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::autoscaling::v2::{
-    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
-    MetricTarget, ResourceMetricSource,
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec, MetricTarget,
+    ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    HTTPGetAction, KeyToPath, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, KeyToPath,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -63,17 +60,8 @@ pub fn common_labels(model: &MLModel) -> BTreeMap<String, String> {
     out.insert(labels::NAME.into(), name);
     out.insert(labels::COMPONENT.into(), "inference-server".into());
     out.insert(labels::PART_OF.into(), "modelship".into());
-    out.insert(
-        labels::MANAGED_BY.into(),
-        modelship_crds::FIELD_MANAGER.into(),
-    );
-    if let Some(v) = model
-        .spec
-        .model
-        .version
-        .as_deref()
-        .filter(|v| is_label_value(v))
-    {
+    out.insert(labels::MANAGED_BY.into(), modelship_crds::FIELD_MANAGER.into());
+    if let Some(v) = model.spec.model.version.as_deref().filter(|v| is_label_value(v)) {
         out.insert(labels::VERSION.into(), v.into());
     }
     out
@@ -81,8 +69,7 @@ pub fn common_labels(model: &MLModel) -> BTreeMap<String, String> {
 
 fn is_label_value(v: &str) -> bool {
     v.len() <= 63
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         && v.starts_with(|c: char| c.is_ascii_alphanumeric())
         && v.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -111,21 +98,11 @@ fn metadata(model: &MLModel, name: String) -> ObjectMeta {
 }
 
 pub fn server_port(model: &MLModel) -> i32 {
-    model
-        .spec
-        .server
-        .as_ref()
-        .and_then(|s| s.port)
-        .unwrap_or(DEFAULT_SERVER_PORT)
+    model.spec.server.as_ref().and_then(|s| s.port).unwrap_or(DEFAULT_SERVER_PORT)
 }
 
 pub fn service_port(model: &MLModel) -> i32 {
-    model
-        .spec
-        .service
-        .as_ref()
-        .and_then(|s| s.port)
-        .unwrap_or(DEFAULT_SERVICE_PORT)
+    model.spec.service.as_ref().and_then(|s| s.port).unwrap_or(DEFAULT_SERVICE_PORT)
 }
 
 /// In-cluster URL of the model's Service.
@@ -151,11 +128,7 @@ fn delivery(uri: &ModelUri) -> Delivery {
                 name: "model".into(),
                 config_map: Some(ConfigMapVolumeSource {
                     name: name.clone(),
-                    items: Some(vec![KeyToPath {
-                        key: key.clone(),
-                        path: key.clone(),
-                        mode: None,
-                    }]),
+                    items: Some(vec![KeyToPath { key: key.clone(), path: key.clone(), mode: None }]),
                     default_mode: Some(0o444),
                     optional: Some(false),
                 }),
@@ -173,14 +146,8 @@ fn delivery(uri: &ModelUri) -> Delivery {
                 ..Default::default()
             }),
         },
-        ModelUri::Http(url) => Delivery {
-            model_arg: url.clone(),
-            volume: None,
-        },
-        ModelUri::File(path) => Delivery {
-            model_arg: path.clone(),
-            volume: None,
-        },
+        ModelUri::Http(url) => Delivery { model_arg: url.clone(), volume: None },
+        ModelUri::File(path) => Delivery { model_arg: path.clone(), volume: None },
     }
 }
 
@@ -202,10 +169,7 @@ fn default_resources() -> ResourceRequirements {
             ("cpu".to_string(), Quantity("100m".into())),
             ("memory".to_string(), Quantity("64Mi".into())),
         ])),
-        limits: Some(BTreeMap::from([(
-            "memory".to_string(),
-            Quantity("256Mi".into()),
-        )])),
+        limits: Some(BTreeMap::from([("memory".to_string(), Quantity("256Mi".into()))])),
         ..Default::default()
     }
 }
@@ -249,27 +213,15 @@ fn server_args(model: &MLModel, model_arg: String) -> Vec<String> {
 }
 
 /// The server Deployment. `uri` is the parsed `spec.model.uri`.
-pub fn deployment(
-    model: &MLModel,
-    uri: &ModelUri,
-    settings: &Settings,
-    source: &SourceVersion,
-) -> Deployment {
+pub fn deployment(model: &MLModel, uri: &ModelUri, settings: &Settings, source: &SourceVersion) -> Deployment {
     let server = model.spec.server.clone().unwrap_or_default();
     let Delivery { model_arg, volume } = delivery(uri);
     let mut pod_labels = common_labels(model);
     pod_labels.extend(selector_labels(model));
 
-    let mut mounts = vec![VolumeMount {
-        name: "tmp".into(),
-        mount_path: "/tmp".into(),
-        ..Default::default()
-    }];
-    let mut volumes = vec![Volume {
-        name: "tmp".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
-        ..Default::default()
-    }];
+    let mut mounts = vec![VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() }];
+    let mut volumes =
+        vec![Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() }];
     if let Some(v) = volume {
         mounts.push(VolumeMount {
             name: "model".into(),
@@ -282,12 +234,7 @@ pub fn deployment(
 
     let container = Container {
         name: "server".into(),
-        image: Some(
-            server
-                .image
-                .clone()
-                .unwrap_or_else(|| settings.server_image.clone()),
-        ),
+        image: Some(server.image.clone().unwrap_or_else(|| settings.server_image.clone())),
         args: Some(server_args(model, model_arg)),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
@@ -307,14 +254,8 @@ pub fn deployment(
             run_as_non_root: Some(true),
             run_as_user: Some(NONROOT),
             run_as_group: Some(NONROOT),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
             ..Default::default()
         }),
         ..Default::default()
@@ -324,15 +265,8 @@ pub fn deployment(
         metadata: metadata(model, model.name_any()),
         spec: Some(DeploymentSpec {
             // With autoscaling the HPA owns the count; we must not send the field at all.
-            replicas: model
-                .spec
-                .autoscaling
-                .is_none()
-                .then_some(model.spec.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(model)),
-                match_expressions: None,
-            },
+            replicas: model.spec.autoscaling.is_none().then_some(model.spec.replicas),
+            selector: LabelSelector { match_labels: Some(selector_labels(model)), match_expressions: None },
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 rolling_update: Some(RollingUpdateDeployment {
@@ -379,20 +313,12 @@ pub fn deployment(
 
 /// The Service in front of every server pod of the model.
 pub fn service(model: &MLModel) -> Service {
-    let type_ = model
-        .spec
-        .service
-        .as_ref()
-        .map(|s| s.type_)
-        .unwrap_or_default();
+    let type_ = model.spec.service.as_ref().map(|s| s.type_).unwrap_or_default();
     Service {
         metadata: metadata(model, model.name_any()),
         spec: Some(ServiceSpec {
             type_: Some(type_.as_str().into()),
-            selector: Some(BTreeMap::from([(
-                labels::MODEL.to_string(),
-                model.name_any(),
-            )])),
+            selector: Some(BTreeMap::from([(labels::MODEL.to_string(), model.name_any())])),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: service_port(model),

@@ -46,10 +46,7 @@ fn record_key(spec: &LeaseSpec) -> String {
     format!(
         "{}|{}|{}",
         spec.holder_identity.as_deref().unwrap_or_default(),
-        spec.renew_time
-            .as_ref()
-            .map(|t| t.0.to_string())
-            .unwrap_or_default(),
+        spec.renew_time.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
         spec.lease_transitions.unwrap_or(0)
     )
 }
@@ -61,11 +58,7 @@ fn now() -> MicroTime {
 impl Elector {
     /// `client` should not retry on its own (a stalled renewal must fail, not hang).
     pub fn new(client: kube::Client, cfg: LeaseConfig) -> Self {
-        Self {
-            api: Api::namespaced(client, &cfg.namespace),
-            cfg,
-            observed: None,
-        }
+        Self { api: Api::namespaced(client, &cfg.namespace), cfg, observed: None }
     }
 
     fn duration_secs(&self) -> i32 {
@@ -77,10 +70,7 @@ impl Elector {
         let me = self.cfg.identity.clone();
         let Some(mut lease) = self.api.get_opt(&self.cfg.name).await? else {
             let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.cfg.name.clone()),
-                    ..Default::default()
-                },
+                metadata: ObjectMeta { name: Some(self.cfg.name.clone()), ..Default::default() },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(me),
                     lease_duration_seconds: Some(self.duration_secs()),
@@ -107,8 +97,7 @@ impl Elector {
                     Instant::now()
                 }
             };
-            let held_for =
-                Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
+            let held_for = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
             if first_seen.elapsed() < held_for {
                 debug!(holder, "lease held by another replica");
                 return Ok(false);
@@ -123,11 +112,7 @@ impl Elector {
         spec.renew_time = Some(now());
         spec.lease_duration_seconds = Some(self.duration_secs());
         // The resourceVersion from our GET makes this a compare-and-swap: a concurrent writer wins.
-        match self
-            .api
-            .replace(&self.cfg.name, &PostParams::default(), &lease)
-            .await
-        {
+        match self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
             Err(e) => Err(e),
@@ -183,11 +168,7 @@ impl Elector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(now());
-        match self
-            .api
-            .replace(&self.cfg.name, &PostParams::default(), &lease)
-            .await
-        {
+        match self.api.replace(&self.cfg.name, &PostParams::default(), &lease).await {
             Ok(_) => info!("released leadership"),
             Err(e) => warn!(error = %e, "cannot release the lease"),
         }

@@ -24,17 +24,10 @@ use modelship_operator::reconcile::{self, Context};
 use tracing::{error, info, warn};
 
 /// The server image released together with this operator.
-const DEFAULT_SERVER_IMAGE: &str = concat!(
-    "ghcr.io/modelship/modelship-server:",
-    env!("CARGO_PKG_VERSION")
-);
+const DEFAULT_SERVER_IMAGE: &str = concat!("ghcr.io/modelship/modelship-server:", env!("CARGO_PKG_VERSION"));
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "modelship-operator",
-    version,
-    about = "Kubernetes operator that serves MLModels"
-)]
+#[command(name = "modelship-operator", version, about = "Kubernetes operator that serves MLModels")]
 struct Flags {
     /// Inference server image for models that do not set spec.server.image.
     #[arg(long, env = "MODELSHIP_SERVER_IMAGE", default_value = DEFAULT_SERVER_IMAGE)]
@@ -62,11 +55,8 @@ struct Flags {
 }
 
 fn init_logs(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,kube=warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -78,10 +68,8 @@ fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "local".into());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{host}-{}-{nanos:x}", std::process::id())
 }
 
@@ -97,25 +85,20 @@ async fn main() {
 }
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
-    let config = kube::Config::infer()
-        .await
-        .context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
+    let config = kube::Config::infer().await.context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
     let client = Client::try_from(config.clone()).context("building the Kubernetes client")?;
     let models: Api<MLModel> = match &flags.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    models.list(&ListParams::default().limit(1)).await.context(
-        "cannot list MLModels: is the CRD installed? (kubectl apply -f crds/mlmodel.yaml)",
-    )?;
+    models
+        .list(&ListParams::default().limit(1))
+        .await
+        .context("cannot list MLModels: is the CRD installed? (kubectl apply -f crds/mlmodel.yaml)")?;
 
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
-    tokio::spawn(serve_http(
-        flags.metrics_addr,
-        metrics.clone(),
-        ready.clone(),
-    ));
+    tokio::spawn(serve_http(flags.metrics_addr, metrics.clone(), ready.clone()));
     let identity = flags.identity.clone().unwrap_or_else(default_identity);
 
     let lease_ns = flags
@@ -125,26 +108,18 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .or_else(|| flags.namespace.clone())
         .unwrap_or_else(|| "default".into());
     let lease_config = LeaseConfig::new(lease_ns, flags.lease_name.clone(), identity.clone());
-    let elector = if flags.leader_elect {
-        Some(Elector::new(lease_client(&config)?, lease_config.clone()))
-    } else {
-        None
-    };
+    let elector =
+        if flags.leader_elect { Some(Elector::new(lease_client(&config)?, lease_config.clone())) } else { None };
     ready.store(true, Ordering::Relaxed);
 
     let shutdown = tokio_util_shutdown();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        settings: Settings {
-            server_image: flags.server_image.clone(),
-        },
+        settings: Settings { server_image: flags.server_image.clone() },
         metrics: metrics.clone(),
         recorder: Recorder::new(
             client.clone(),
-            Reporter {
-                controller: "modelship-operator".into(),
-                instance: Some(identity.clone()),
-            },
+            Reporter { controller: "modelship-operator".into(), instance: Some(identity.clone()) },
         ),
     });
     info!(namespace = flags.namespace.as_deref().unwrap_or("<all>"), server_image = %flags.server_image, %identity, "operator started");
@@ -228,25 +203,14 @@ async fn run_controller(
         }
     }
     info!("starting controller");
-    let controller = Controller::new(
-        api::<MLModel>(client, namespace),
-        watcher::Config::default(),
-    );
+    let controller = Controller::new(api::<MLModel>(client, namespace), watcher::Config::default());
     let store = controller.store();
     controller
-        .owns(
-            api::<Deployment>(client, namespace),
-            watcher::Config::default(),
-        )
-        .owns(
-            api::<Service>(client, namespace),
-            watcher::Config::default(),
-        )
-        .watches(
-            api::<ConfigMap>(client, namespace),
-            watcher::Config::default(),
-            move |cm| reconcile::models_using_configmap(&store, &cm),
-        )
+        .owns(api::<Deployment>(client, namespace), watcher::Config::default())
+        .owns(api::<Service>(client, namespace), watcher::Config::default())
+        .watches(api::<ConfigMap>(client, namespace), watcher::Config::default(), move |cm| {
+            reconcile::models_using_configmap(&store, &cm)
+        })
         .graceful_shutdown_on(stop)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
@@ -298,13 +262,7 @@ async fn serve_http(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBo
             get(move || {
                 let metrics = metrics.clone();
                 async move {
-                    (
-                        [(
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.encode(),
-                    )
+                    ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], metrics.encode())
                 }
             }),
         );

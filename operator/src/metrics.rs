@@ -40,62 +40,27 @@ impl Metrics {
         let mut registry = Registry::with_prefix("modelship_operator");
         let reconciles = Counter::default();
         let errors = Family::<ErrorLabels, Counter>::default();
-        let duration = Histogram::new([
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ]);
+        let duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let status_writes = Counter::default();
         let applies = Family::<WriteLabels, Counter>::default();
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciles run", reconciles.clone());
-        registry.register(
-            "reconcile_errors",
-            "Reconciles that failed, by error",
-            errors.clone(),
-        );
-        registry.register(
-            "reconcile_duration_seconds",
-            "Duration of a reconcile",
-            duration.clone(),
-        );
-        registry.register(
-            "status_writes",
-            "MLModel status patches sent",
-            status_writes.clone(),
-        );
-        registry.register(
-            "applies",
-            "Server-side applies sent, by action",
-            applies.clone(),
-        );
-        registry.register(
-            "leader",
-            "1 while this replica holds the leader Lease",
-            leader.clone(),
-        );
-        Self {
-            registry,
-            reconciles,
-            errors,
-            duration,
-            status_writes,
-            applies,
-            leader,
-        }
+        registry.register("reconcile_errors", "Reconciles that failed, by error", errors.clone());
+        registry.register("reconcile_duration_seconds", "Duration of a reconcile", duration.clone());
+        registry.register("status_writes", "MLModel status patches sent", status_writes.clone());
+        registry.register("applies", "Server-side applies sent, by action", applies.clone());
+        registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
+        Self { registry, reconciles, errors, duration, status_writes, applies, leader }
     }
 
     /// Counts a reconcile and observes its duration when the guard drops.
     pub fn reconcile_timer(&self) -> ReconcileTimer<'_> {
         self.reconciles.inc();
-        ReconcileTimer {
-            start: Instant::now(),
-            histogram: &self.duration,
-        }
+        ReconcileTimer { start: Instant::now(), histogram: &self.duration }
     }
 
     pub fn error(&self, label: &'static str) {
-        self.errors
-            .get_or_create(&ErrorLabels { error: label })
-            .inc();
+        self.errors.get_or_create(&ErrorLabels { error: label }).inc();
     }
 
     pub fn status_written(&self) {

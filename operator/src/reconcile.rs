@@ -70,16 +70,8 @@ pub async fn reconcile(model: Arc<MLModel>, ctx: Arc<Context>) -> Result<Action,
     };
 
     let rollout = status::rollout(deployment.as_ref());
-    let pods = if rollout == Rollout::Complete {
-        Vec::new()
-    } else {
-        list_pods(&ctx, &model, &ns).await?
-    };
-    let observed = Observed {
-        deployment: deployment.as_ref(),
-        pods: &pods,
-        source_problem: resolved.as_ref().err(),
-    };
+    let pods = if rollout == Rollout::Complete { Vec::new() } else { list_pods(&ctx, &model, &ns).await? };
+    let observed = Observed { deployment: deployment.as_ref(), pods: &pods, source_problem: resolved.as_ref().err() };
     let now = Time(jiff::Timestamp::now());
     let mut new_status = status::compute(&model, &observed, &now);
     status::keep_transition_times(model.status.as_ref(), &mut new_status);
@@ -101,11 +93,7 @@ pub async fn reconcile(model: Arc<MLModel>, ctx: Arc<Context>) -> Result<Action,
 pub fn error_policy(model: Arc<MLModel>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(model = %model.name_any(), namespace = model.namespace().unwrap_or_default(), %error, "reconcile failed");
     ctx.metrics.error(error.metric_label());
-    let (recorder, reference, note) = (
-        ctx.recorder.clone(),
-        model.object_ref(&()),
-        error.to_string(),
-    );
+    let (recorder, reference, note) = (ctx.recorder.clone(), model.object_ref(&()), error.to_string());
     tokio::spawn(async move {
         let ev = Event {
             type_: EventType::Warning,
@@ -131,9 +119,7 @@ where
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     ctx.metrics.applied(action);
-    api.patch(&obj.name_any(), &pp, &Patch::Apply(obj))
-        .await
-        .during(action)
+    api.patch(&obj.name_any(), &pp, &Patch::Apply(obj)).await.during(action)
 }
 
 /// Whether our field manager (via Apply) currently owns `spec.replicas` of the Deployment.
@@ -142,31 +128,19 @@ pub fn we_own_replicas(d: &Deployment) -> bool {
         m.manager.as_deref() == Some(FIELD_MANAGER)
             && m.operation.as_deref() == Some("Apply")
             && m.subresource.is_none()
-            && m.fields_v1
-                .as_ref()
-                .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+            && m.fields_v1.as_ref().is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
     })
 }
 
 /// Before we stop sending `spec.replicas` (the HPA takes over), pin the live value under a
 /// separate manager so the API server does not reset it to 1 when our ownership goes away.
-async fn hand_over_replicas(
-    api: &Api<Deployment>,
-    name: &str,
-    live: Option<&Deployment>,
-) -> Result<(), Error> {
+async fn hand_over_replicas(api: &Api<Deployment>, name: &str, live: Option<&Deployment>) -> Result<(), Error> {
     let Some(live) = live.filter(|d| we_own_replicas(d)) else {
         return Ok(());
     };
     let replicas = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let patch = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": replicas}});
-    api.patch(
-        name,
-        &PatchParams::apply(HANDOVER_MANAGER),
-        &Patch::Apply(patch),
-    )
-    .await
-    .during("hand over replicas")?;
+    api.patch(name, &PatchParams::apply(HANDOVER_MANAGER), &Patch::Apply(patch)).await.during("hand over replicas")?;
     Ok(())
 }
 
@@ -178,21 +152,13 @@ async fn sync_hpa(ctx: &Context, model: &MLModel, ns: &str) -> Result<(), Error>
     }
     let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
     let name = model.name_any();
-    let Some(live) = api
-        .get_opt(&name)
-        .await
-        .during("get HorizontalPodAutoscaler")?
-    else {
+    let Some(live) = api.get_opt(&name).await.during("get HorizontalPodAutoscaler")? else {
         return Ok(());
     };
-    let ours = live
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == model.uid().as_ref() && o.controller == Some(true));
+    let ours =
+        live.owner_references().iter().any(|o| Some(&o.uid) == model.uid().as_ref() && o.controller == Some(true));
     if ours {
-        api.delete(&name, &Default::default())
-            .await
-            .during("delete HorizontalPodAutoscaler")?;
+        api.delete(&name, &Default::default()).await.during("delete HorizontalPodAutoscaler")?;
         info!(model = %name, namespace = ns, "deleted HorizontalPodAutoscaler: spec.autoscaling was removed");
     }
     Ok(())
@@ -204,12 +170,7 @@ async fn list_pods(ctx: &Context, model: &MLModel, ns: &str) -> Result<Vec<Pod>,
     Ok(api.list(&lp).await.during("list Pods")?.items)
 }
 
-async fn write_status(
-    ctx: &Context,
-    model: &MLModel,
-    ns: &str,
-    status: &MLModelStatus,
-) -> Result<(), Error> {
+async fn write_status(ctx: &Context, model: &MLModel, ns: &str, status: &MLModelStatus) -> Result<(), Error> {
     let api: Api<MLModel> = Api::namespaced(ctx.client.clone(), ns);
     let patch = serde_json::json!({
         "apiVersion": MLModel::api_version(&()),
@@ -217,13 +178,9 @@ async fn write_status(
         "status": status,
     });
     ctx.metrics.status_written();
-    api.patch_status(
-        &model.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await
-    .during("patch MLModel status")?;
+    api.patch_status(&model.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
+        .await
+        .during("patch MLModel status")?;
     Ok(())
 }
 
@@ -241,30 +198,12 @@ async fn publish(ctx: &Context, model: &MLModel, type_: EventType, reason: &str,
 }
 
 fn template_hash(d: &Deployment) -> Option<&str> {
-    d.spec
-        .as_ref()?
-        .template
-        .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get(labels::ROLLOUT_HASH)
-        .map(String::as_str)
+    d.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(labels::ROLLOUT_HASH).map(String::as_str)
 }
 
 /// Events for a created Deployment or a new rollout (the pod template hash changed).
-async fn announce_rollout(
-    ctx: &Context,
-    model: &MLModel,
-    before: Option<&Deployment>,
-    desired: &Deployment,
-) {
-    let version = model
-        .spec
-        .model
-        .version
-        .clone()
-        .unwrap_or_else(|| "unversioned".into());
+async fn announce_rollout(ctx: &Context, model: &MLModel, before: Option<&Deployment>, desired: &Deployment) {
+    let version = model.spec.model.version.clone().unwrap_or_else(|| "unversioned".into());
     match before {
         None => {
             info!(model = %model.name_any(), %version, "created server Deployment");
@@ -279,31 +218,17 @@ async fn announce_rollout(
         }
         Some(b) if template_hash(b) != template_hash(desired) => {
             info!(model = %model.name_any(), %version, "rolling out a new pod template");
-            publish(
-                ctx,
-                model,
-                EventType::Normal,
-                "RolloutStarted",
-                format!("rolling out model {version}"),
-            )
-            .await;
+            publish(ctx, model, EventType::Normal, "RolloutStarted", format!("rolling out model {version}")).await;
         }
         Some(_) => {}
     }
 }
 
 /// Events when Ready or Degraded change.
-async fn announce_conditions(
-    ctx: &Context,
-    model: &MLModel,
-    old: Option<&MLModelStatus>,
-    new: &MLModelStatus,
-) {
+async fn announce_conditions(ctx: &Context, model: &MLModel, old: Option<&MLModelStatus>, new: &MLModelStatus) {
     let changed = |t: &str| {
         let (o, n) = (old.and_then(|s| s.condition(t)), new.condition(t));
-        (n.map(|c| (&c.status, &c.reason)) != o.map(|c| (&c.status, &c.reason)))
-            .then_some(n)
-            .flatten()
+        (n.map(|c| (&c.status, &c.reason)) != o.map(|c| (&c.status, &c.reason))).then_some(n).flatten()
     };
     if let Some(c) = changed(DEGRADED).filter(|c| c.status == "True") {
         warn!(model = %model.name_any(), reason = %c.reason, message = %c.message, "model degraded");

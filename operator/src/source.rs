@@ -18,10 +18,7 @@ pub fn configmap_key_hash(cm: &ConfigMap, key: &str) -> Option<String> {
     let bytes: Vec<u8> = if let Some(text) = cm.data.as_ref().and_then(|d| d.get(key)) {
         text.as_bytes().to_vec()
     } else {
-        cm.binary_data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .map(|b| b.0.clone())?
+        cm.binary_data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.clone())?
     };
     Some(hex::encode(&Sha256::digest(&bytes)[..8]))
 }
@@ -38,26 +35,14 @@ pub async fn resolve(client: &Client, namespace: &str, uri: &str) -> Result<Reso
                 return Ok(Err(SourceProblem::ConfigMapNotFound { name: name.clone() }));
             };
             let Some(hash) = configmap_key_hash(&cm, key) else {
-                return Ok(Err(SourceProblem::ConfigMapKeyNotFound {
-                    name: name.clone(),
-                    key: key.clone(),
-                }));
+                return Ok(Err(SourceProblem::ConfigMapKeyNotFound { name: name.clone(), key: key.clone() }));
             };
-            SourceVersion {
-                content_hash: Some(hash),
-            }
+            SourceVersion { content_hash: Some(hash) }
         }
         ModelUri::Pvc { claim, .. } => {
             let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
-            if api
-                .get_opt(claim)
-                .await
-                .during("get PersistentVolumeClaim")?
-                .is_none()
-            {
-                return Ok(Err(SourceProblem::PvcNotFound {
-                    claim: claim.clone(),
-                }));
+            if api.get_opt(claim).await.during("get PersistentVolumeClaim")?.is_none() {
+                return Ok(Err(SourceProblem::PvcNotFound { claim: claim.clone() }));
             }
             SourceVersion::default()
         }

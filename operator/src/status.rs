@@ -37,9 +37,9 @@ impl SourceProblem {
             Self::ConfigMapKeyNotFound { name, key } => {
                 format!("ConfigMap {name:?} has no key {key:?} (spec.model.uri)")
             }
-            Self::PvcNotFound { claim } => format!(
-                "PersistentVolumeClaim {claim:?} referenced by spec.model.uri does not exist"
-            ),
+            Self::PvcNotFound { claim } => {
+                format!("PersistentVolumeClaim {claim:?} referenced by spec.model.uri does not exist")
+            }
         }
     }
 }
@@ -59,18 +59,14 @@ pub fn rollout(d: Option<&Deployment>) -> Rollout {
     let Some(d) = d else { return Rollout::Missing };
     let st = d.status.clone().unwrap_or_default();
     if d.metadata.generation.unwrap_or(0) > st.observed_generation.unwrap_or(0) {
-        return Rollout::InProgress(
-            "waiting for the Deployment controller to observe the new spec".into(),
-        );
+        return Rollout::InProgress("waiting for the Deployment controller to observe the new spec".into());
     }
     let conds = st.conditions.unwrap_or_default();
-    if let Some(c) = conds.iter().find(|c| c.type_ == "Progressing") {
-        if c.reason.as_deref() == Some("ProgressDeadlineExceeded") {
-            return Rollout::DeadlineExceeded(format!(
-                "rollout exceeded its progress deadline: {}",
-                c.message.clone().unwrap_or_default()
-            ));
-        }
+    if let Some(c) = conds.iter().find(|c| c.type_ == "Progressing")
+        && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    {
+        let detail = c.message.clone().unwrap_or_default();
+        return Rollout::DeadlineExceeded(format!("rollout exceeded its progress deadline: {detail}"));
     }
     let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let updated = st.updated_replicas.unwrap_or(0);
@@ -80,27 +76,17 @@ pub fn rollout(d: Option<&Deployment>) -> Rollout {
         return Rollout::InProgress(format!("{updated} of {want} replicas updated"));
     }
     if replicas > updated {
-        return Rollout::InProgress(format!(
-            "{} old replicas are pending termination",
-            replicas - updated
-        ));
+        return Rollout::InProgress(format!("{} old replicas are pending termination", replicas - updated));
     }
     if available < updated {
-        return Rollout::InProgress(format!(
-            "{available} of {updated} updated replicas are available"
-        ));
+        return Rollout::InProgress(format!("{available} of {updated} updated replicas are available"));
     }
     Rollout::Complete
 }
 
 /// Waiting reasons that mean a pod will not come up by itself (kubectl's list).
-const BAD_WAITING: &[&str] = &[
-    "CrashLoopBackOff",
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-];
+const BAD_WAITING: &[&str] =
+    &["CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "CreateContainerError"];
 
 /// The marker `modelship-server` prints when the model fails to load (see server `main.rs`).
 const LOAD_FAILED: &str = "model failed to load";
@@ -115,36 +101,23 @@ pub fn pod_problem(pods: &[Pod]) -> Option<(String, String)> {
     let mut count = 0;
     for pod in pods {
         let st = pod.status.clone().unwrap_or_default();
-        let all = st
-            .init_container_statuses
-            .unwrap_or_default()
-            .into_iter()
-            .chain(st.container_statuses.unwrap_or_default());
+        let all =
+            st.init_container_statuses.unwrap_or_default().into_iter().chain(st.container_statuses.unwrap_or_default());
         for cs in all {
-            let waiting = cs
-                .state
-                .as_ref()
-                .and_then(|s| s.waiting.as_ref())
-                .and_then(|w| w.reason.clone());
+            let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.clone());
             let terminated = cs
                 .last_state
                 .as_ref()
                 .and_then(|s| s.terminated.as_ref())
                 .or(cs.state.as_ref().and_then(|s| s.terminated.as_ref()));
-            let term_msg = terminated
-                .and_then(|t| t.message.clone())
-                .unwrap_or_default();
-            let load_failed = term_msg
-                .lines()
-                .find(|l| l.contains(LOAD_FAILED))
-                .map(str::to_string);
+            let term_msg = terminated.and_then(|t| t.message.clone()).unwrap_or_default();
+            let load_failed = term_msg.lines().find(|l| l.contains(LOAD_FAILED)).map(str::to_string);
             let oom = terminated.and_then(|t| t.reason.as_deref()) == Some("OOMKilled");
             let problem = match (waiting.as_deref(), load_failed) {
                 (_, Some(line)) => Some(("ModelLoadFailed".to_string(), line.trim().to_string())),
                 (Some(w), None) if BAD_WAITING.contains(&w) => {
                     let detail = if oom {
-                        "the container was OOMKilled; raise spec.server.resources.limits.memory"
-                            .to_string()
+                        "the container was OOMKilled; raise spec.server.resources.limits.memory".to_string()
                     } else {
                         cs.state
                             .as_ref()
@@ -217,14 +190,9 @@ fn condition(
 /// [`keep_transition_times`]).
 pub fn compute(model: &MLModel, obs: &Observed<'_>, now: &Time) -> MLModelStatus {
     let generation = model.metadata.generation;
-    let d_status = obs
-        .deployment
-        .and_then(|d| d.status.clone())
-        .unwrap_or_default();
-    let desired_replicas = obs
-        .deployment
-        .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas))
-        .unwrap_or(model.spec.replicas);
+    let d_status = obs.deployment.and_then(|d| d.status.clone()).unwrap_or_default();
+    let desired_replicas =
+        obs.deployment.and_then(|d| d.spec.as_ref().and_then(|s| s.replicas)).unwrap_or(model.spec.replicas);
     let ready_replicas = d_status.ready_replicas.unwrap_or(0);
     let c = |t: &str, s: bool, r: &str, m: String| condition(t, s, r, m, generation, now);
 
@@ -235,12 +203,7 @@ pub fn compute(model: &MLModel, obs: &Observed<'_>, now: &Time) -> MLModelStatus
             String::new()
         };
         (
-            c(
-                READY,
-                false,
-                p.reason(),
-                format!("{}{serving}", p.message()),
-            ),
+            c(READY, false, p.reason(), format!("{}{serving}", p.message())),
             c(
                 PROGRESSING,
                 false,
@@ -251,32 +214,16 @@ pub fn compute(model: &MLModel, obs: &Observed<'_>, now: &Time) -> MLModelStatus
         )
     } else {
         let state = rollout(obs.deployment);
-        let problem = if state == Rollout::Complete {
-            None
-        } else {
-            pod_problem(obs.pods)
-        };
+        let problem = if state == Rollout::Complete { None } else { pod_problem(obs.pods) };
         let degraded = match (&state, &problem) {
             (_, Some((reason, msg))) => c(DEGRADED, true, reason, msg.clone()),
-            (Rollout::DeadlineExceeded(msg), None) => {
-                c(DEGRADED, true, "ProgressDeadlineExceeded", msg.clone())
-            }
+            (Rollout::DeadlineExceeded(msg), None) => c(DEGRADED, true, "ProgressDeadlineExceeded", msg.clone()),
             _ => c(DEGRADED, false, "AsExpected", "no problems detected".into()),
         };
         match state {
             Rollout::Missing => (
-                c(
-                    READY,
-                    false,
-                    "Creating",
-                    "the server Deployment is being created".into(),
-                ),
-                c(
-                    PROGRESSING,
-                    true,
-                    "Creating",
-                    "the server Deployment is being created".into(),
-                ),
+                c(READY, false, "Creating", "the server Deployment is being created".into()),
+                c(PROGRESSING, true, "Creating", "the server Deployment is being created".into()),
                 degraded,
             ),
             Rollout::InProgress(msg) => (
@@ -290,18 +237,8 @@ pub fn compute(model: &MLModel, obs: &Observed<'_>, now: &Time) -> MLModelStatus
                 degraded,
             ),
             Rollout::Complete if desired_replicas == 0 => (
-                c(
-                    READY,
-                    false,
-                    "ScaledToZero",
-                    "0 replicas requested; the model is not serving".into(),
-                ),
-                c(
-                    PROGRESSING,
-                    false,
-                    "RolloutComplete",
-                    "scaled to zero".into(),
-                ),
+                c(READY, false, "ScaledToZero", "0 replicas requested; the model is not serving".into()),
+                c(PROGRESSING, false, "RolloutComplete", "scaled to zero".into()),
                 degraded,
             ),
             Rollout::Complete => (
@@ -311,12 +248,7 @@ pub fn compute(model: &MLModel, obs: &Observed<'_>, now: &Time) -> MLModelStatus
                     "Available",
                     format!("{ready_replicas}/{desired_replicas} replicas ready and up to date"),
                 ),
-                c(
-                    PROGRESSING,
-                    false,
-                    "RolloutComplete",
-                    "the current spec is fully rolled out".into(),
-                ),
+                c(PROGRESSING, false, "RolloutComplete", "the current spec is fully rolled out".into()),
                 degraded,
             ),
         }
@@ -340,10 +272,10 @@ pub fn compute(model: &MLModel, obs: &Observed<'_>, now: &Time) -> MLModelStatus
 pub fn keep_transition_times(old: Option<&MLModelStatus>, new: &mut MLModelStatus) {
     let Some(old) = old else { return };
     for c in &mut new.conditions {
-        if let Some(prev) = old.condition(&c.type_) {
-            if prev.status == c.status {
-                c.last_transition_time = prev.last_transition_time.clone();
-            }
+        if let Some(prev) = old.condition(&c.type_)
+            && prev.status == c.status
+        {
+            c.last_transition_time = prev.last_transition_time.clone();
         }
     }
 }

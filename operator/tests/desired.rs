@@ -1,4 +1,5 @@
 //! The pure builders: children for each model source, hygiene, rollout triggers.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -10,14 +11,7 @@ use modelship_operator::desired::{self, MODEL_MOUNT, SourceVersion};
 
 fn build(m: &modelship_crds::MLModel) -> Deployment {
     let uri = ModelUri::parse(&m.spec.model.uri).expect("valid uri");
-    desired::deployment(
-        m,
-        &uri,
-        &settings(),
-        &SourceVersion {
-            content_hash: Some("c0ffee".into()),
-        },
-    )
+    desired::deployment(m, &uri, &settings(), &SourceVersion { content_hash: Some("c0ffee".into()) })
 }
 
 fn pod(d: &Deployment) -> &PodSpec {
@@ -34,18 +28,11 @@ fn args(d: &Deployment) -> Vec<String> {
 
 fn arg_after(d: &Deployment, flag: &str) -> Option<String> {
     let a = args(d);
-    a.iter()
-        .position(|x| x == flag)
-        .and_then(|i| a.get(i + 1).cloned())
+    a.iter().position(|x| x == flag).and_then(|i| a.get(i + 1).cloned())
 }
 
 fn model_volume(d: &Deployment) -> Option<k8s_openapi::api::core::v1::Volume> {
-    pod(d)
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == "model")
-        .cloned()
+    pod(d).volumes.iter().flatten().find(|v| v.name == "model").cloned()
 }
 
 #[test]
@@ -55,20 +42,9 @@ fn configmap_source_is_mounted_read_only() {
     let cm = v.config_map.expect("configMap volume");
     assert_eq!(cm.name, "iris-model");
     assert_eq!(cm.items.unwrap()[0].key, "model.json");
-    let mount = server(&d)
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| m.name == "model")
-        .unwrap();
-    assert_eq!(
-        (mount.mount_path.as_str(), mount.read_only),
-        (MODEL_MOUNT, Some(true))
-    );
-    assert_eq!(
-        arg_after(&d, "--model").unwrap(),
-        format!("{MODEL_MOUNT}/model.json")
-    );
+    let mount = server(&d).volume_mounts.iter().flatten().find(|m| m.name == "model").unwrap();
+    assert_eq!((mount.mount_path.as_str(), mount.read_only), (MODEL_MOUNT, Some(true)));
+    assert_eq!(arg_after(&d, "--model").unwrap(), format!("{MODEL_MOUNT}/model.json"));
     assert_eq!(arg_after(&d, "--sha256").unwrap(), "a".repeat(64));
     assert_eq!(arg_after(&d, "--model-version").unwrap(), "v1");
     assert_eq!(arg_after(&d, "--name").unwrap(), "iris");
@@ -78,28 +54,16 @@ fn configmap_source_is_mounted_read_only() {
 #[test]
 fn pvc_source_is_mounted_read_only() {
     let d = build(&model("pvc://models/iris/v1/model.json"));
-    let pvc = model_volume(&d)
-        .unwrap()
-        .persistent_volume_claim
-        .expect("pvc volume");
-    assert_eq!(
-        (pvc.claim_name.as_str(), pvc.read_only),
-        ("models", Some(true))
-    );
-    assert_eq!(
-        arg_after(&d, "--model").unwrap(),
-        format!("{MODEL_MOUNT}/iris/v1/model.json")
-    );
+    let pvc = model_volume(&d).unwrap().persistent_volume_claim.expect("pvc volume");
+    assert_eq!((pvc.claim_name.as_str(), pvc.read_only), ("models", Some(true)));
+    assert_eq!(arg_after(&d, "--model").unwrap(), format!("{MODEL_MOUNT}/iris/v1/model.json"));
 }
 
 #[test]
 fn http_source_is_fetched_by_the_server_with_its_checksum() {
     let d = build(&model("https://models.example.com/iris.json"));
     assert!(model_volume(&d).is_none(), "nothing to mount");
-    assert_eq!(
-        arg_after(&d, "--model").unwrap(),
-        "https://models.example.com/iris.json"
-    );
+    assert_eq!(arg_after(&d, "--model").unwrap(), "https://models.example.com/iris.json");
     assert_eq!(arg_after(&d, "--sha256").unwrap(), "a".repeat(64));
 }
 
@@ -121,66 +85,29 @@ fn argocd_tracking_metadata_is_never_copied_to_children() {
     let hpa = desired::hpa(&autoscaled).unwrap();
     let template = d.spec.as_ref().unwrap().template.metadata.clone().unwrap();
     for (what, meta_labels, annotations) in [
-        (
-            "Deployment",
-            d.metadata.labels.clone(),
-            d.metadata.annotations.clone(),
-        ),
-        (
-            "Service",
-            svc.metadata.labels.clone(),
-            svc.metadata.annotations.clone(),
-        ),
-        (
-            "HPA",
-            hpa.metadata.labels.clone(),
-            hpa.metadata.annotations.clone(),
-        ),
+        ("Deployment", d.metadata.labels.clone(), d.metadata.annotations.clone()),
+        ("Service", svc.metadata.labels.clone(), svc.metadata.annotations.clone()),
+        ("HPA", hpa.metadata.labels.clone(), hpa.metadata.annotations.clone()),
         ("pod template", template.labels.clone(), None),
     ] {
         let l = meta_labels.unwrap();
-        assert!(
-            !l.contains_key("app.kubernetes.io/instance"),
-            "{what} has ArgoCD's tracking label"
-        );
-        assert!(
-            l.keys().all(|k| !k.starts_with("argocd.argoproj.io/")),
-            "{what} has an argocd label"
-        );
-        assert_eq!(
-            l.get("team").map(String::as_str),
-            Some("fraud"),
-            "{what} keeps the user's labels"
-        );
-        assert_eq!(
-            l.get(labels::MANAGED_BY).map(String::as_str),
-            Some("modelship-operator")
-        );
+        assert!(!l.contains_key("app.kubernetes.io/instance"), "{what} has ArgoCD's tracking label");
+        assert!(l.keys().all(|k| !k.starts_with("argocd.argoproj.io/")), "{what} has an argocd label");
+        assert_eq!(l.get("team").map(String::as_str), Some("fraud"), "{what} keeps the user's labels");
+        assert_eq!(l.get(labels::MANAGED_BY).map(String::as_str), Some("modelship-operator"));
         assert_eq!(l.get(labels::MODEL).map(String::as_str), Some("iris"));
-        assert!(
-            annotations.is_none(),
-            "{what} must carry no copied annotations: {annotations:?}"
-        );
+        assert!(annotations.is_none(), "{what} must carry no copied annotations: {annotations:?}");
     }
     let template_annotations = template.annotations.unwrap();
-    assert_eq!(
-        template_annotations.keys().collect::<Vec<_>>(),
-        vec![labels::ROLLOUT_HASH]
-    );
+    assert_eq!(template_annotations.keys().collect::<Vec<_>>(), vec![labels::ROLLOUT_HASH]);
 }
 
 #[test]
 fn children_are_controlled_by_the_model() {
     let m = model("configmap://iris-model/model.json");
-    for owners in [
-        build(&m).metadata.owner_references,
-        desired::service(&m).metadata.owner_references,
-    ] {
+    for owners in [build(&m).metadata.owner_references, desired::service(&m).metadata.owner_references] {
         let o = &owners.unwrap()[0];
-        assert_eq!(
-            (o.kind.as_str(), o.name.as_str(), o.uid.as_str()),
-            ("MLModel", "iris", "0b3c-uid")
-        );
+        assert_eq!((o.kind.as_str(), o.name.as_str(), o.uid.as_str()), ("MLModel", "iris", "0b3c-uid"));
         assert_eq!(o.controller, Some(true));
     }
 }
@@ -195,100 +122,42 @@ fn selector_is_identity_only_and_stable_across_versions() {
     assert_eq!(sel(&a), sel(&b));
     assert_eq!(sel(&a).len(), 2);
     assert_eq!(sel(&a)[labels::TRACK], labels::TRACK_STABLE);
-    let pod_labels = build(&a)
-        .spec
-        .unwrap()
-        .template
-        .metadata
-        .unwrap()
-        .labels
-        .unwrap();
+    let pod_labels = build(&a).spec.unwrap().template.metadata.unwrap().labels.unwrap();
     for (k, v) in sel(&a) {
         assert_eq!(pod_labels.get(&k), Some(&v), "pods carry the selector");
     }
-    assert_eq!(
-        desired::service(&a).spec.unwrap().selector.unwrap().len(),
-        1,
-        "the Service selects all tracks"
-    );
+    assert_eq!(desired::service(&a).spec.unwrap().selector.unwrap().len(), 1, "the Service selects all tracks");
 }
 
 #[test]
 fn pods_are_restricted_probed_and_roll_with_no_unavailability() {
     let d = build(&model("configmap://iris-model/model.json"));
     let spec = d.spec.as_ref().unwrap();
-    let ru = spec
-        .strategy
-        .as_ref()
-        .unwrap()
-        .rolling_update
-        .as_ref()
-        .unwrap();
-    assert_eq!(
-        ru.max_unavailable,
-        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
-    );
+    let ru = spec.strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
+    assert_eq!(ru.max_unavailable, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)));
     let c = server(&d);
     let sc = c.security_context.as_ref().unwrap();
     assert_eq!(sc.allow_privilege_escalation, Some(false));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(sc.run_as_non_root, Some(true));
-    assert_eq!(
-        sc.capabilities.as_ref().unwrap().drop,
-        Some(vec!["ALL".to_string()])
-    );
+    assert_eq!(sc.capabilities.as_ref().unwrap().drop, Some(vec!["ALL".to_string()]));
     assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
     let psc = pod(&d).security_context.as_ref().unwrap();
     assert_eq!(psc.run_as_non_root, Some(true));
-    assert_eq!(
-        psc.seccomp_profile.as_ref().unwrap().type_,
-        "RuntimeDefault"
-    );
-    assert_eq!(
-        c.readiness_probe
-            .as_ref()
-            .unwrap()
-            .http_get
-            .as_ref()
-            .unwrap()
-            .path
-            .as_deref(),
-        Some("/readyz")
-    );
-    assert_eq!(
-        c.liveness_probe
-            .as_ref()
-            .unwrap()
-            .http_get
-            .as_ref()
-            .unwrap()
-            .path
-            .as_deref(),
-        Some("/healthz")
-    );
+    assert_eq!(psc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
+    assert_eq!(c.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/healthz"));
     assert_eq!(pod(&d).automount_service_account_token, Some(false));
-    assert_eq!(
-        c.image.as_deref(),
-        Some("ghcr.io/modelship/modelship-server:test")
-    );
+    assert_eq!(c.image.as_deref(), Some("ghcr.io/modelship/modelship-server:test"));
     let requests = c.resources.as_ref().unwrap().requests.as_ref().unwrap();
-    assert!(
-        requests.contains_key("cpu"),
-        "CPU requests are needed for HPA utilisation"
-    );
+    assert!(requests.contains_key("cpu"), "CPU requests are needed for HPA utilisation");
 }
 
 #[test]
 fn rollout_hash_changes_exactly_when_pods_must_change() {
     let base = model("configmap://iris-model/model.json");
     let hash = |m: &modelship_crds::MLModel, content: &str| {
-        desired::rollout_hash(
-            m,
-            &settings(),
-            &SourceVersion {
-                content_hash: Some(content.into()),
-            },
-        )
+        desired::rollout_hash(m, &settings(), &SourceVersion { content_hash: Some(content.into()) })
     };
     let h0 = hash(&base, "c1");
     assert_eq!(h0, hash(&base.clone(), "c1"), "deterministic");
@@ -303,29 +172,18 @@ fn rollout_hash_changes_exactly_when_pods_must_change() {
     m.spec.model.version = Some("v2".into());
     assert_ne!(h0, hash(&m, "c1"), "version");
     let mut m = base.clone();
-    m.spec.server =
-        serde_json::from_value(serde_json::json!({"env": [{"name": "X", "value": "1"}]})).unwrap();
+    m.spec.server = serde_json::from_value(serde_json::json!({"env": [{"name": "X", "value": "1"}]})).unwrap();
     assert_ne!(h0, hash(&m, "c1"), "server env");
     let mut m = base.clone();
     m.spec.replicas = 7;
     m.spec.service = serde_json::from_value(serde_json::json!({"port": 9000})).unwrap();
-    assert_eq!(
-        h0,
-        hash(&m, "c1"),
-        "replicas and Service settings do not restart pods"
-    );
+    assert_eq!(h0, hash(&m, "c1"), "replicas and Service settings do not restart pods");
     let other = desired::rollout_hash(
         &base,
-        &modelship_operator::desired::Settings {
-            server_image: "other:1".into(),
-        },
+        &modelship_operator::desired::Settings { server_image: "other:1".into() },
         &SourceVersion::default(),
     );
-    assert_ne!(
-        other,
-        desired::rollout_hash(&base, &settings(), &SourceVersion::default()),
-        "operator's server image"
-    );
+    assert_ne!(other, desired::rollout_hash(&base, &settings(), &SourceVersion::default()), "operator's server image");
 }
 
 #[test]
@@ -334,15 +192,14 @@ fn replicas_are_left_to_the_hpa_when_autoscaling() {
     m.spec.replicas = 4;
     assert_eq!(build(&m).spec.unwrap().replicas, Some(4));
     assert!(desired::hpa(&m).is_none());
-    m.spec.autoscaling =
-        serde_json::from_value(serde_json::json!({"minReplicas": 2, "maxReplicas": 9, "targetCPUUtilizationPercentage": 60})).unwrap();
+    m.spec.autoscaling = serde_json::from_value(
+        serde_json::json!({"minReplicas": 2, "maxReplicas": 9, "targetCPUUtilizationPercentage": 60}),
+    )
+    .unwrap();
     let d = build(&m);
     assert_eq!(d.spec.as_ref().unwrap().replicas, None);
     let json = serde_json::to_value(&d).unwrap();
-    assert!(
-        json["spec"].get("replicas").is_none(),
-        "the field is omitted, not null"
-    );
+    assert!(json["spec"].get("replicas").is_none(), "the field is omitted, not null");
     assert!(json.get("status").is_none());
     let hpa = desired::hpa(&m).unwrap().spec.unwrap();
     assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 9));
@@ -364,11 +221,7 @@ fn service_and_url() {
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("http".into()))
     );
     assert_eq!(desired::service_url(&m), "http://iris.ml.svc");
-    m.spec.service =
-        serde_json::from_value(serde_json::json!({"type": "NodePort", "port": 8000})).unwrap();
-    assert_eq!(
-        desired::service(&m).spec.unwrap().type_.as_deref(),
-        Some("NodePort")
-    );
+    m.spec.service = serde_json::from_value(serde_json::json!({"type": "NodePort", "port": 8000})).unwrap();
+    assert_eq!(desired::service(&m).spec.unwrap().type_.as_deref(), Some("NodePort"));
     assert_eq!(desired::service_url(&m), "http://iris.ml.svc:8000");
 }

@@ -1,14 +1,12 @@
 //! Status computation from Deployment and pod states.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::model;
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentCondition, DeploymentSpec, DeploymentStatus,
-};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod,
-    PodStatus,
+    ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Pod, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use modelship_crds::MLModelStatus;
@@ -20,23 +18,10 @@ fn now() -> Time {
 }
 
 /// A Deployment at `generation` (observed `observed`) wanting `want` replicas.
-fn deploy(
-    generation: i64,
-    observed: i64,
-    want: i32,
-    replicas: i32,
-    updated: i32,
-    available: i32,
-) -> Deployment {
+fn deploy(generation: i64, observed: i64, want: i32, replicas: i32, updated: i32, available: i32) -> Deployment {
     Deployment {
-        metadata: ObjectMeta {
-            generation: Some(generation),
-            ..Default::default()
-        },
-        spec: Some(DeploymentSpec {
-            replicas: Some(want),
-            ..Default::default()
-        }),
+        metadata: ObjectMeta { generation: Some(generation), ..Default::default() },
+        spec: Some(DeploymentSpec { replicas: Some(want), ..Default::default() }),
         status: Some(DeploymentStatus {
             observed_generation: Some(observed),
             replicas: Some(replicas),
@@ -56,11 +41,7 @@ fn cond<'a>(s: &'a MLModelStatus, t: &str) -> (&'a str, &'a str) {
 fn compute(d: Option<&Deployment>, pods: &[Pod], problem: Option<&SourceProblem>) -> MLModelStatus {
     status::compute(
         &model("configmap://iris-model/model.json"),
-        &Observed {
-            deployment: d,
-            pods,
-            source_problem: problem,
-        },
+        &Observed { deployment: d, pods, source_problem: problem },
         &now(),
     )
 }
@@ -72,17 +53,10 @@ fn available_is_ready() {
     assert_eq!(cond(&s, READY), ("True", "Available"));
     assert_eq!(cond(&s, PROGRESSING), ("False", "RolloutComplete"));
     assert_eq!(cond(&s, DEGRADED), ("False", "AsExpected"));
-    assert_eq!(
-        (s.replicas, s.ready_replicas, s.updated_replicas),
-        (3, 3, 3)
-    );
+    assert_eq!((s.replicas, s.ready_replicas, s.updated_replicas), (3, 3, 3));
     assert_eq!(s.replica_summary.as_deref(), Some("3/3"));
     assert_eq!(s.observed_generation, Some(3));
-    assert!(
-        s.conditions
-            .iter()
-            .all(|c| c.observed_generation == Some(3))
-    );
+    assert!(s.conditions.iter().all(|c| c.observed_generation == Some(3)));
     assert_eq!(s.selector.as_deref(), Some("modelship.dev/model=iris"));
     assert_eq!(s.url.as_deref(), Some("http://iris.ml.svc"));
     assert_eq!(s.model_version.as_deref(), Some("v1"));
@@ -102,14 +76,8 @@ fn a_new_generation_not_yet_observed_is_not_ready() {
 fn rollout_in_flight_states_are_not_ready() {
     for (d, want) in [
         (deploy(2, 2, 3, 4, 1, 3), "1 of 3 replicas updated"),
-        (
-            deploy(2, 2, 3, 4, 3, 3),
-            "1 old replicas are pending termination",
-        ),
-        (
-            deploy(2, 2, 3, 3, 3, 2),
-            "2 of 3 updated replicas are available",
-        ),
+        (deploy(2, 2, 3, 4, 3, 3), "1 old replicas are pending termination"),
+        (deploy(2, 2, 3, 3, 3, 2), "2 of 3 updated replicas are available"),
     ] {
         let s = compute(Some(&d), &[], None);
         assert_eq!(cond(&s, READY), ("False", "RolloutInProgress"), "{want}");
@@ -142,10 +110,7 @@ fn progress_deadline_exceeded_is_degraded() {
 
 fn pod(name: &str, waiting: Option<&str>, last: Option<ContainerStateTerminated>) -> Pod {
     Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
         spec: None,
         status: Some(PodStatus {
             container_statuses: Some(vec![ContainerStatus {
@@ -157,10 +122,7 @@ fn pod(name: &str, waiting: Option<&str>, last: Option<ContainerStateTerminated>
                     }),
                     ..Default::default()
                 }),
-                last_state: last.map(|t| ContainerState {
-                    terminated: Some(t),
-                    ..Default::default()
-                }),
+                last_state: last.map(|t| ContainerState { terminated: Some(t), ..Default::default() }),
                 ..Default::default()
             }]),
             ..Default::default()
@@ -171,21 +133,13 @@ fn pod(name: &str, waiting: Option<&str>, last: Option<ContainerStateTerminated>
 #[test]
 fn crash_looping_pods_degrade_without_naming_pods() {
     let d = deploy(2, 2, 2, 2, 2, 0);
-    let pods = [
-        pod("iris-7d9-abcde", Some("CrashLoopBackOff"), None),
-        pod("iris-7d9-fghij", Some("CrashLoopBackOff"), None),
-    ];
+    let pods =
+        [pod("iris-7d9-abcde", Some("CrashLoopBackOff"), None), pod("iris-7d9-fghij", Some("CrashLoopBackOff"), None)];
     let s = compute(Some(&d), &pods, None);
     assert_eq!(cond(&s, DEGRADED), ("True", "CrashLoopBackOff"));
     let msg = &s.condition(DEGRADED).unwrap().message;
-    assert!(
-        msg.starts_with("2 server container(s) cannot start"),
-        "{msg}"
-    );
-    assert!(
-        !msg.contains("iris-7d9"),
-        "pod names churn; keep them out: {msg}"
-    );
+    assert!(msg.starts_with("2 server container(s) cannot start"), "{msg}");
+    assert!(!msg.contains("iris-7d9"), "pod names churn; keep them out: {msg}");
     assert_eq!(cond(&s, READY).0, "False");
 }
 
@@ -195,42 +149,22 @@ fn a_model_that_fails_to_load_names_the_cause() {
     let term = ContainerStateTerminated {
         exit_code: 1,
         reason: Some("Error".into()),
-        message: Some("modelship-server: model failed to load: model checksum mismatch: expected sha256 aa, got bb\n".into()),
+        message: Some(
+            "modelship-server: model failed to load: model checksum mismatch: expected sha256 aa, got bb\n".into(),
+        ),
         ..Default::default()
     };
-    let s = compute(
-        Some(&d),
-        &[pod("p", Some("CrashLoopBackOff"), Some(term))],
-        None,
-    );
+    let s = compute(Some(&d), &[pod("p", Some("CrashLoopBackOff"), Some(term))], None);
     assert_eq!(cond(&s, DEGRADED), ("True", "ModelLoadFailed"));
-    assert!(
-        s.condition(DEGRADED)
-            .unwrap()
-            .message
-            .contains("checksum mismatch")
-    );
+    assert!(s.condition(DEGRADED).unwrap().message.contains("checksum mismatch"));
 }
 
 #[test]
 fn oom_killed_pods_suggest_more_memory() {
     let d = deploy(2, 2, 1, 1, 1, 0);
-    let term = ContainerStateTerminated {
-        exit_code: 137,
-        reason: Some("OOMKilled".into()),
-        ..Default::default()
-    };
-    let s = compute(
-        Some(&d),
-        &[pod("p", Some("CrashLoopBackOff"), Some(term))],
-        None,
-    );
-    assert!(
-        s.condition(DEGRADED)
-            .unwrap()
-            .message
-            .contains("limits.memory")
-    );
+    let term = ContainerStateTerminated { exit_code: 137, reason: Some("OOMKilled".into()), ..Default::default() };
+    let s = compute(Some(&d), &[pod("p", Some("CrashLoopBackOff"), Some(term))], None);
+    assert!(s.condition(DEGRADED).unwrap().message.contains("limits.memory"));
 }
 
 #[test]
@@ -243,39 +177,22 @@ fn pod_problems_are_ignored_once_rolled_out() {
 #[test]
 fn a_missing_configmap_degrades_and_says_the_old_version_keeps_serving() {
     let d = deploy(2, 2, 2, 2, 2, 2);
-    let p = SourceProblem::ConfigMapNotFound {
-        name: "iris-model-v2".into(),
-    };
+    let p = SourceProblem::ConfigMapNotFound { name: "iris-model-v2".into() };
     let s = compute(Some(&d), &[], Some(&p));
     assert_eq!(cond(&s, DEGRADED), ("True", "ConfigMapNotFound"));
     assert_eq!(cond(&s, READY), ("False", "ConfigMapNotFound"));
     let ready = &s.condition(READY).unwrap().message;
-    assert!(
-        ready.contains("iris-model-v2") && ready.contains("previous version keeps serving on 2"),
-        "{ready}"
-    );
-    let key = SourceProblem::ConfigMapKeyNotFound {
-        name: "m".into(),
-        key: "k".into(),
-    };
-    assert_eq!(
-        cond(&compute(None, &[], Some(&key)), DEGRADED),
-        ("True", "ConfigMapKeyNotFound")
-    );
+    assert!(ready.contains("iris-model-v2") && ready.contains("previous version keeps serving on 2"), "{ready}");
+    let key = SourceProblem::ConfigMapKeyNotFound { name: "m".into(), key: "k".into() };
+    assert_eq!(cond(&compute(None, &[], Some(&key)), DEGRADED), ("True", "ConfigMapKeyNotFound"));
     let pvc = SourceProblem::PvcNotFound { claim: "c".into() };
-    assert_eq!(
-        cond(&compute(None, &[], Some(&pvc)), DEGRADED),
-        ("True", "PersistentVolumeClaimNotFound")
-    );
+    assert_eq!(cond(&compute(None, &[], Some(&pvc)), DEGRADED), ("True", "PersistentVolumeClaimNotFound"));
 }
 
 #[test]
 fn scaled_to_zero_is_not_ready() {
     let d = deploy(2, 2, 0, 0, 0, 0);
-    assert_eq!(
-        cond(&compute(Some(&d), &[], None), READY),
-        ("False", "ScaledToZero")
-    );
+    assert_eq!(cond(&compute(Some(&d), &[], None), READY), ("False", "ScaledToZero"));
 }
 
 #[test]
@@ -285,41 +202,22 @@ fn transition_times_are_kept_when_status_does_not_change() {
     let later = Time("2026-12-01T11:00:00Z".parse().unwrap());
     let mut again = status::compute(
         &model("configmap://iris-model/model.json"),
-        &Observed {
-            deployment: Some(&d),
-            pods: &[],
-            source_problem: None,
-        },
+        &Observed { deployment: Some(&d), pods: &[], source_problem: None },
         &later,
     );
     assert_ne!(again, first, "fresh times differ");
     status::keep_transition_times(Some(&first), &mut again);
-    assert_eq!(
-        again, first,
-        "a no-op reconcile computes the stored status, so nothing is written"
-    );
+    assert_eq!(again, first, "a no-op reconcile computes the stored status, so nothing is written");
 
     let progressing = deploy(3, 3, 1, 2, 1, 1);
     let mut changed = status::compute(
         &model("configmap://iris-model/model.json"),
-        &Observed {
-            deployment: Some(&progressing),
-            pods: &[],
-            source_problem: None,
-        },
+        &Observed { deployment: Some(&progressing), pods: &[], source_problem: None },
         &later,
     );
     status::keep_transition_times(Some(&first), &mut changed);
-    assert_eq!(
-        changed.condition(READY).unwrap().last_transition_time,
-        later,
-        "Ready flipped: new time"
-    );
-    assert_eq!(
-        changed.condition(DEGRADED).unwrap().last_transition_time,
-        now(),
-        "Degraded unchanged: old time"
-    );
+    assert_eq!(changed.condition(READY).unwrap().last_transition_time, later, "Ready flipped: new time");
+    assert_eq!(changed.condition(DEGRADED).unwrap().last_transition_time, now(), "Degraded unchanged: old time");
 }
 
 #[test]

@@ -109,30 +109,22 @@ struct Header {
 impl Artifact {
     /// Reads an artifact, checking the format marker and version before the model body.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, ArtifactError> {
-        let header: Header = serde_json::from_slice(bytes)
-            .map_err(|e| ArtifactError::NotAnArtifact(format!("not JSON ({e})")))?;
+        let header: Header =
+            serde_json::from_slice(bytes).map_err(|e| ArtifactError::NotAnArtifact(format!("not JSON ({e})")))?;
         if header.format.as_deref() != Some(FORMAT) {
-            return Err(ArtifactError::NotAnArtifact(format!(
-                "missing \"format\": \"{FORMAT}\""
-            )));
+            return Err(ArtifactError::NotAnArtifact(format!("missing \"format\": \"{FORMAT}\"")));
         }
         match header.format_version {
             Some(FORMAT_VERSION) => {}
             Some(v) if v > FORMAT_VERSION => {
-                return Err(ArtifactError::TooNew {
-                    found: v,
-                    supported: FORMAT_VERSION,
-                });
+                return Err(ArtifactError::TooNew { found: v, supported: FORMAT_VERSION });
             }
             Some(v) => return Err(ArtifactError::Unsupported(v)),
             None => {
-                return Err(ArtifactError::NotAnArtifact(
-                    "missing format_version".into(),
-                ));
+                return Err(ArtifactError::NotAnArtifact("missing format_version".into()));
             }
         }
-        let artifact: Self =
-            serde_json::from_slice(bytes).map_err(|e| ArtifactError::Corrupt(e.to_string()))?;
+        let artifact: Self = serde_json::from_slice(bytes).map_err(|e| ArtifactError::Corrupt(e.to_string()))?;
         artifact.check()?;
         Ok(artifact)
     }
@@ -158,14 +150,9 @@ impl Artifact {
         match &self.estimator {
             Estimator::LogisticRegression(m) => {
                 if m.params().nrows() != n {
-                    return bad(format!(
-                        "model has {} inputs, metadata names {n}",
-                        m.params().nrows()
-                    ));
+                    return bad(format!("model has {} inputs, metadata names {n}", m.params().nrows()));
                 }
-                if m.params().ncols() != m.classes().len()
-                    || m.intercept().len() != m.classes().len()
-                {
+                if m.params().ncols() != m.classes().len() || m.intercept().len() != m.classes().len() {
                     return bad("parameter and class counts differ".into());
                 }
                 if m.classes().iter().any(|&c| c >= self.class_names.len()) {
@@ -179,10 +166,7 @@ impl Artifact {
             }
             Estimator::LinearRegression(m) => {
                 if m.params().len() != n {
-                    return bad(format!(
-                        "model has {} inputs, metadata names {n}",
-                        m.params().len()
-                    ));
+                    return bad(format!("model has {} inputs, metadata names {n}", m.params().len()));
                 }
             }
         }

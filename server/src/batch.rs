@@ -28,26 +28,15 @@ pub struct BatchReport {
 
 impl fmt::Display for BatchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rate = if self.seconds > 0.0 {
-            self.rows as f64 / self.seconds
-        } else {
-            0.0
-        };
-        write!(
-            f,
-            "scored {} rows in {:.2}s ({:.0} rows/s)",
-            self.rows, self.seconds, rate
-        )
+        let rate = if self.seconds > 0.0 { self.rows as f64 / self.seconds } else { 0.0 };
+        write!(f, "scored {} rows in {:.2}s ({:.0} rows/s)", self.rows, self.seconds, rate)
     }
 }
 
 /// Which input columns feed the model, in the model's feature order.
 fn feature_columns(model: &Model, headers: &csv::StringRecord) -> Result<Vec<usize>, BatchError> {
     let names = &model.artifact.feature_names;
-    let by_name: Option<Vec<usize>> = names
-        .iter()
-        .map(|n| headers.iter().position(|h| h == n))
-        .collect();
+    let by_name: Option<Vec<usize>> = names.iter().map(|n| headers.iter().position(|h| h == n)).collect();
     match by_name {
         Some(cols) => Ok(cols),
         None if headers.len() == names.len() => Ok((0..names.len()).collect()),
@@ -61,34 +50,14 @@ fn feature_columns(model: &Model, headers: &csv::StringRecord) -> Result<Vec<usi
 }
 
 /// Scores `input` into `output`: every input column, then `prediction`.
-pub fn score_csv(
-    model: &Model,
-    input: &Path,
-    output: &Path,
-    chunk_rows: usize,
-) -> Result<BatchReport, BatchError> {
-    let in_err = |source| BatchError::Csv {
-        path: input.display().to_string(),
-        source,
-    };
-    let out_err = |source| BatchError::Csv {
-        path: output.display().to_string(),
-        source,
-    };
+pub fn score_csv(model: &Model, input: &Path, output: &Path, chunk_rows: usize) -> Result<BatchReport, BatchError> {
+    let in_err = |source| BatchError::Csv { path: input.display().to_string(), source };
+    let out_err = |source| BatchError::Csv { path: output.display().to_string(), source };
     let chunk_rows = chunk_rows.max(1);
-    let mut reader = csv::ReaderBuilder::new()
-        .buffer_capacity(1 << 20)
-        .from_path(input)
-        .map_err(in_err)?;
-    let mut writer = csv::WriterBuilder::new()
-        .buffer_capacity(1 << 20)
-        .from_path(output)
-        .map_err(out_err)?;
+    let mut reader = csv::ReaderBuilder::new().buffer_capacity(1 << 20).from_path(input).map_err(in_err)?;
+    let mut writer = csv::WriterBuilder::new().buffer_capacity(1 << 20).from_path(output).map_err(out_err)?;
     let headers = reader.byte_headers().map_err(in_err)?.clone();
-    let cols = feature_columns(
-        model,
-        &csv::StringRecord::from_byte_record_lossy(headers.clone()),
-    )?;
+    let cols = feature_columns(model, &csv::StringRecord::from_byte_record_lossy(headers.clone()))?;
     let mut out_headers = headers.clone();
     out_headers.push_field(b"prediction");
     writer.write_byte_record(&out_headers).map_err(out_err)?;
@@ -147,14 +116,9 @@ pub fn score_csv(
             break;
         }
     }
-    writer
-        .flush()
-        .map_err(|e| BatchError::Input(format!("{}: {e}", output.display())))?;
+    writer.flush().map_err(|e| BatchError::Input(format!("{}: {e}", output.display())))?;
     progress.done(rows, start);
-    Ok(BatchReport {
-        rows,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(BatchReport { rows, seconds: start.elapsed().as_secs_f64() })
 }
 
 fn fast_float(field: &[u8]) -> Option<f64> {
@@ -170,18 +134,11 @@ struct Progress {
 
 impl Progress {
     fn new() -> Self {
-        Self {
-            tty: std::io::stderr().is_terminal(),
-            last: std::cell::Cell::new(Instant::now()),
-        }
+        Self { tty: std::io::stderr().is_terminal(), last: std::cell::Cell::new(Instant::now()) }
     }
 
     fn tick(&self, rows: u64, start: Instant) {
-        let every = if self.tty {
-            Duration::from_millis(250)
-        } else {
-            Duration::from_secs(5)
-        };
+        let every = if self.tty { Duration::from_millis(250) } else { Duration::from_secs(5) };
         if self.last.get().elapsed() < every {
             return;
         }

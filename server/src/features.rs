@@ -18,10 +18,7 @@ impl Rows {
     pub fn from_flat(data: Vec<f64>, n_cols: usize, single: bool) -> Result<Self, String> {
         let n_rows = data.len().checked_div(n_cols).unwrap_or(0);
         if n_rows * n_cols != data.len() {
-            return Err(format!(
-                "{} values do not make whole rows of {n_cols}",
-                data.len()
-            ));
+            return Err(format!("{} values do not make whole rows of {n_cols}", data.len()));
         }
         ndarray::Array2::from_shape_vec((n_rows, n_cols), data)
             .map(|matrix| Self { matrix, single })
@@ -67,11 +64,7 @@ impl<'de> DeserializeSeed<'de> for ElemSeed<'_> {
 }
 
 fn finite<E: de::Error>(v: f64) -> Result<f64, E> {
-    if v.is_finite() {
-        Ok(v)
-    } else {
-        Err(E::custom("feature values must be finite numbers"))
-    }
+    if v.is_finite() { Ok(v) } else { Err(E::custom("feature values must be finite numbers")) }
 }
 
 impl<'de> Visitor<'de> for ElemSeed<'_> {
@@ -147,16 +140,10 @@ impl<'de> Visitor<'de> for RowsVisitor {
                 }
             }
             if nums > 0 && rows > 0 {
-                return Err(de::Error::custom(
-                    "mixes numbers and arrays; send one row [..] or rows [[..], ..]",
-                ));
+                return Err(de::Error::custom("mixes numbers and arrays; send one row [..] or rows [[..], ..]"));
             }
         }
-        let (n_cols, single) = if rows > 0 {
-            (width.unwrap_or_default(), false)
-        } else {
-            (nums, true)
-        };
+        let (n_cols, single) = if rows > 0 { (width.unwrap_or_default(), false) } else { (nums, true) };
         Rows::from_flat(data, n_cols, single).map_err(de::Error::custom)
     }
 }
@@ -191,9 +178,7 @@ pub fn rows_from_object(body: &[u8], key: &'static str) -> Result<Rows, String> 
         }
     }
     let mut de = serde_json::Deserializer::from_slice(body);
-    let rows = Obj(key)
-        .deserialize(&mut de)
-        .map_err(|e| format!("invalid request body: {e}"))?;
+    let rows = Obj(key).deserialize(&mut de).map_err(|e| format!("invalid request body: {e}"))?;
     de.end().map_err(|e| format!("invalid request body: {e}"))?;
     rows.ok_or_else(|| format!("missing field \"{key}\""))
 }

@@ -35,10 +35,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_body_bytes: 8 * 1024 * 1024,
-            max_rows: 10_000,
-        }
+        Self { max_body_bytes: 8 * 1024 * 1024, max_rows: 10_000 }
     }
 }
 
@@ -52,12 +49,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(limits: Limits) -> Arc<Self> {
-        Arc::new(Self {
-            model: OnceLock::new(),
-            draining: AtomicBool::new(false),
-            metrics: Metrics::new(),
-            limits,
-        })
+        Arc::new(Self { model: OnceLock::new(), draining: AtomicBool::new(false), metrics: Metrics::new(), limits })
     }
 
     /// A state with `model` already loaded.
@@ -85,11 +77,7 @@ impl AppState {
     /// The model, if `name` is the name it is served under.
     pub fn model_named(&self, name: &str) -> Result<&Model, ApiError> {
         let model = self.model()?;
-        if model.name == name {
-            Ok(model)
-        } else {
-            Err(ApiError::ModelNotFound(name.to_string()))
-        }
+        if model.name == name { Ok(model) } else { Err(ApiError::ModelNotFound(name.to_string())) }
     }
 }
 
@@ -100,10 +88,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/predict", post(predict))
         .route("/v1/models/{name}", get(v1_model).post(v1_predict))
         .merge(crate::v2::routes())
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({"status": "live"})) }),
-        )
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "live"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|req: Request| async move { ApiError::NoRoute(req.uri().path().to_string()) })
@@ -115,35 +100,20 @@ pub fn app(state: Arc<AppState>) -> Router {
 
 /// Counts and times every request by route template, method and status.
 async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let endpoint = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
+    let endpoint = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
     let method = req.method().as_str().to_string();
     let start = Instant::now();
     state.metrics.in_flight.inc();
     let resp = next.run(req).await;
     state.metrics.in_flight.dec();
-    let labels = HttpLabels {
-        endpoint,
-        method,
-        status: resp.status().as_u16(),
-    };
-    state
-        .metrics
-        .latency
-        .get_or_create(&labels)
-        .observe(start.elapsed().as_secs_f64());
+    let labels = HttpLabels { endpoint, method, status: resp.status().as_u16() };
+    state.metrics.latency.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
     state.metrics.requests.get_or_create(&labels).inc();
     resp
 }
 
 /// The body bytes, with an oversized body reported as a JSON 413.
-pub(crate) fn body_bytes(
-    state: &AppState,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Bytes, ApiError> {
+pub(crate) fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(state.limits.max_body_bytes)
@@ -156,10 +126,7 @@ pub(crate) fn body_bytes(
 /// A JSON response carrying the model name and version headers.
 pub(crate) fn json_from_model<T: Serialize>(model: &Model, body: &T) -> Response {
     let mut resp = (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         serde_json::to_vec(body).unwrap_or_default(),
     )
         .into_response();
@@ -204,34 +171,18 @@ fn run_prediction<'m>(
     proba: bool,
 ) -> Result<PredictResponse<'m>, ApiError> {
     model.check(rows.view(), state.limits.max_rows)?;
-    let probabilities = if proba {
-        Some(
-            model
-                .predict_proba(rows.view())?
-                .outer_iter()
-                .map(|r| r.to_vec())
-                .collect(),
-        )
-    } else {
-        None
-    };
+    let probabilities =
+        if proba { Some(model.predict_proba(rows.view())?.outer_iter().map(|r| r.to_vec()).collect()) } else { None };
     let prediction = model.predict(rows.view());
     state.metrics.predicted(&prediction);
     let labels = match (&prediction, labels) {
-        (Predictions::Classes(ids), true) => Some(
-            ids.iter()
-                .map(|&i| model.class_names().get(i).map_or("", String::as_str))
-                .collect(),
-        ),
+        (Predictions::Classes(ids), true) => {
+            Some(ids.iter().map(|&i| model.class_names().get(i).map_or("", String::as_str)).collect())
+        }
         _ => None,
     };
     let classes = proba.then(|| model.class_names());
-    Ok(PredictResponse {
-        prediction,
-        labels,
-        probabilities,
-        classes,
-    })
+    Ok(PredictResponse { prediction, labels, probabilities, classes })
 }
 
 /// `POST /predict {"features": [..] | [[..], ..]}` → `{"prediction": [..]}`.
@@ -249,15 +200,9 @@ async fn predict(
 }
 
 /// `GET /v1/models/{name}`: KServe V1 model status.
-async fn v1_model(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+async fn v1_model(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let model = state.model_named(&name)?;
-    Ok(json_from_model(
-        model,
-        &serde_json::json!({"name": model.name, "ready": true}),
-    ))
+    Ok(json_from_model(model, &serde_json::json!({"name": model.name, "ready": true})))
 }
 
 /// `POST /v1/models/{name}:predict {"instances": [[..]]}` → `{"predictions": [..]}`.
@@ -273,10 +218,7 @@ async fn v1_predict(
     let model = state.model_named(name)?;
     let rows = rows_from_object(&body, "instances").map_err(ApiError::BadRequest)?;
     let resp = run_prediction(&state, model, &rows.matrix, false, false)?;
-    Ok(json_from_model(
-        model,
-        &serde_json::json!({"predictions": resp.prediction}),
-    ))
+    Ok(json_from_model(model, &serde_json::json!({"predictions": resp.prediction})))
 }
 
 /// `GET /readyz`: 200 once the model is loaded, 503 before and while draining.
@@ -285,19 +227,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Result<Response, ApiError
     if state.draining.load(Ordering::Relaxed) {
         return Err(ApiError::Draining);
     }
-    Ok(axum::Json(
-        serde_json::json!({"status": "ready", "model": model.name, "version": model.version}),
-    )
-    .into_response())
+    Ok(axum::Json(serde_json::json!({"status": "ready", "model": model.name, "version": model.version}))
+        .into_response())
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
         .into_response()
 }

@@ -10,10 +10,7 @@ use crate::artifact::{Artifact, ArtifactError};
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read model file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("cannot download model from {url}: {reason}")]
     Download { url: String, reason: String },
     #[error("model checksum mismatch: expected sha256 {expected}, got {actual}")]
@@ -33,29 +30,17 @@ pub async fn fetch(source: &str) -> Result<Vec<u8>, LoadError> {
         return download(source).await;
     }
     let path = source.strip_prefix("file://").unwrap_or(source);
-    tokio::fs::read(path)
-        .await
-        .map_err(|source| LoadError::Read {
-            path: path.to_string(),
-            source,
-        })
+    tokio::fs::read(path).await.map_err(|source| LoadError::Read { path: path.to_string(), source })
 }
 
 async fn download(url: &str) -> Result<Vec<u8>, LoadError> {
-    let err = |reason: String| LoadError::Download {
-        url: url.to_string(),
-        reason,
-    };
+    let err = |reason: String| LoadError::Download { url: url.to_string(), reason };
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(300))
         .build()
         .map_err(|e| err(e.to_string()))?;
-    let mut resp = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| err(e.to_string()))?;
+    let mut resp = client.get(url).send().await.map_err(|e| err(e.to_string()))?;
     if !resp.status().is_success() {
         return Err(err(format!("HTTP status {}", resp.status())));
     }

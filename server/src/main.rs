@@ -10,11 +10,7 @@ use modelship_server::{Model, batch, load, train};
 use tracing::{error, info};
 
 #[derive(Parser)]
-#[command(
-    name = "modelship-server",
-    version,
-    about = "Serve, train and batch-score classic ML models"
-)]
+#[command(name = "modelship-server", version, about = "Serve, train and batch-score classic ML models")]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"], env = "MODELSHIP_LOG_FORMAT")]
@@ -94,11 +90,8 @@ enum Command {
 }
 
 fn init_logs(format: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -109,10 +102,7 @@ fn init_logs(format: &str) {
 fn main() {
     let cli = Cli::parse();
     init_logs(&cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => fail(format!("cannot start the runtime: {e}")),
     };
@@ -130,21 +120,8 @@ fn fail(reason: String) -> ! {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve {
-            model,
-            sha256,
-            name,
-            model_version,
-            host,
-            port,
-            max_body_bytes,
-            max_rows,
-            drain_seconds,
-        } => {
-            let state = AppState::new(Limits {
-                max_body_bytes,
-                max_rows,
-            });
+        Command::Serve { model, sha256, name, model_version, host, port, max_body_bytes, max_rows, drain_seconds } => {
+            let state = AppState::new(Limits { max_body_bytes, max_rows });
             let addr = SocketAddr::new(host, port);
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -174,21 +151,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_secs(drain_seconds)).await;
                 }
             };
-            axum::serve(listener, app(state))
-                .with_graceful_shutdown(shutdown)
-                .await?;
+            axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await?;
             loader.abort();
             info!("stopped");
             Ok(())
         }
-        Command::Train {
-            dataset,
-            csv,
-            target,
-            algorithm,
-            seed,
-            out,
-        } => {
+        Command::Train { dataset, csv, target, algorithm, seed, out } => {
             let table = match (dataset, csv, target) {
                 (Some(_), _, _) => train::iris(),
                 (None, Some(path), Some(target)) => train::read_csv(&path, &target)?,
@@ -196,8 +164,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             let artifact = train::train(&table, algorithm, seed)?;
             let bytes = artifact.to_vec();
-            std::fs::write(&out, &bytes)
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+            std::fs::write(&out, &bytes).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
             println!(
                 "trained {} on {} ({} rows): hold-out {} {:.4}; wrote {} ({} bytes, sha256 {})",
                 artifact.estimator.algorithm(),
@@ -211,25 +178,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Batch {
-            model,
-            sha256,
-            input,
-            output,
-            chunk_rows,
-        } => {
+        Command::Batch { model, sha256, input, output, chunk_rows } => {
             let artifact = load::load(&model, sha256.as_deref()).await?;
             let model = Model::new(artifact, None, None);
-            let report = tokio::task::spawn_blocking(move || {
-                batch::score_csv(&model, &input, &output, chunk_rows)
-            })
-            .await??;
+            let report =
+                tokio::task::spawn_blocking(move || batch::score_csv(&model, &input, &output, chunk_rows)).await??;
             println!("{report}");
             Ok(())
         }
         Command::Inspect { file } => {
-            let bytes = std::fs::read(&file)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let artifact = modelship_server::Artifact::from_slice(&bytes)?;
             let meta = serde_json::json!({
                 "name": artifact.name,

@@ -36,8 +36,7 @@ struct InfoLabels {
 
 fn latency_histogram() -> Histogram {
     Histogram::new([
-        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-        1.0, 2.5,
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     ])
 }
 
@@ -69,43 +68,17 @@ impl Metrics {
             latency_histogram as fn() -> Histogram,
         );
         let in_flight = Gauge::default();
-        let batch_rows = Histogram::new([
-            1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0,
-        ]);
+        let batch_rows = Histogram::new([1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0]);
         let load_seconds = Gauge::<f64, AtomicU64>::default();
         let info = Family::<InfoLabels, Gauge>::default();
         let predictions = Family::<PredictionLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests by endpoint, method and status",
-            requests.clone(),
-        );
-        registry.register(
-            "http_request_duration_seconds",
-            "HTTP request latency",
-            latency.clone(),
-        );
-        registry.register(
-            "http_requests_in_flight",
-            "HTTP requests being served",
-            in_flight.clone(),
-        );
-        registry.register(
-            "prediction_batch_rows",
-            "Rows per prediction request",
-            batch_rows.clone(),
-        );
-        registry.register(
-            "model_load_seconds",
-            "Time taken to fetch and load the model",
-            load_seconds.clone(),
-        );
+        registry.register("http_requests", "HTTP requests by endpoint, method and status", requests.clone());
+        registry.register("http_request_duration_seconds", "HTTP request latency", latency.clone());
+        registry.register("http_requests_in_flight", "HTTP requests being served", in_flight.clone());
+        registry.register("prediction_batch_rows", "Rows per prediction request", batch_rows.clone());
+        registry.register("model_load_seconds", "Time taken to fetch and load the model", load_seconds.clone());
         registry.register("model_info", "The served model (always 1)", info.clone());
-        registry.register(
-            "predictions",
-            "Predictions by model version and predicted class",
-            predictions.clone(),
-        );
+        registry.register("predictions", "Predictions by model version and predicted class", predictions.clone());
         Self {
             registry,
             requests,
@@ -130,11 +103,8 @@ impl Metrics {
                 features: model.n_features().to_string(),
             })
             .set(1);
-        let classes: Vec<String> = if model.class_names().is_empty() {
-            vec![String::new()]
-        } else {
-            model.class_names().to_vec()
-        };
+        let classes: Vec<String> =
+            if model.class_names().is_empty() { vec![String::new()] } else { model.class_names().to_vec() };
         let counters = classes
             .into_iter()
             .map(|class| {

@@ -55,11 +55,7 @@ impl Model {
     pub fn new(artifact: Artifact, name: Option<String>, version: Option<String>) -> Self {
         let name = name.unwrap_or_else(|| artifact.name.clone());
         let version = version.unwrap_or_else(|| artifact.training.trained_at.clone());
-        Self {
-            artifact,
-            name,
-            version,
-        }
+        Self { artifact, name, version }
     }
 
     pub fn n_features(&self) -> usize {
@@ -80,16 +76,10 @@ impl Model {
             return Err(InputError::Empty);
         }
         if rows.ncols() != self.n_features() {
-            return Err(InputError::FeatureCount {
-                expected: self.n_features(),
-                got: rows.ncols(),
-            });
+            return Err(InputError::FeatureCount { expected: self.n_features(), got: rows.ncols() });
         }
         if rows.nrows() > limit {
-            return Err(InputError::TooManyRows {
-                got: rows.nrows(),
-                limit,
-            });
+            return Err(InputError::TooManyRows { got: rows.nrows(), limit });
         }
         if rows.iter().any(|v| !v.is_finite()) {
             return Err(InputError::NotFinite);

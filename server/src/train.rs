@@ -50,9 +50,7 @@ pub fn iris() -> Table {
     let names = ["setosa", "versicolor", "virginica"];
     Table {
         name: "iris".into(),
-        feature_names: ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-            .map(String::from)
-            .to_vec(),
+        feature_names: ["sepal_length", "sepal_width", "petal_length", "petal_width"].map(String::from).to_vec(),
         records: ds.records().to_owned(),
         targets: ds.targets().iter().map(|&t| names[t].to_string()).collect(),
     }
@@ -60,24 +58,14 @@ pub fn iris() -> Table {
 
 /// Reads a CSV with a header row; every column but `target` must be numeric.
 pub fn read_csv(path: &Path, target: &str) -> Result<Table, TrainError> {
-    let csv_err = |source| TrainError::Csv {
-        path: path.display().to_string(),
-        source,
-    };
+    let csv_err = |source| TrainError::Csv { path: path.display().to_string(), source };
     let mut reader = csv::Reader::from_path(path).map_err(csv_err)?;
     let headers = reader.headers().map_err(csv_err)?.clone();
     let t = headers.iter().position(|h| h == target).ok_or_else(|| {
-        TrainError::Data(format!(
-            "no column {target:?}; columns are {:?}",
-            headers.iter().collect::<Vec<_>>()
-        ))
+        TrainError::Data(format!("no column {target:?}; columns are {:?}", headers.iter().collect::<Vec<_>>()))
     })?;
-    let feature_names: Vec<String> = headers
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != t)
-        .map(|(_, h)| h.to_string())
-        .collect();
+    let feature_names: Vec<String> =
+        headers.iter().enumerate().filter(|&(i, _)| i != t).map(|(_, h)| h.to_string()).collect();
     let (mut data, mut targets) = (Vec::new(), Vec::new());
     for (line, rec) in reader.records().enumerate() {
         let rec = rec.map_err(csv_err)?;
@@ -86,29 +74,17 @@ pub fn read_csv(path: &Path, target: &str) -> Result<Table, TrainError> {
                 targets.push(field.to_string());
             } else {
                 let v: f64 = field.trim().parse().map_err(|_| {
-                    TrainError::Data(format!(
-                        "row {}: column {:?} is not a number: {field:?}",
-                        line + 2,
-                        &headers[i]
-                    ))
+                    TrainError::Data(format!("row {}: column {:?} is not a number: {field:?}", line + 2, &headers[i]))
                 })?;
                 data.push(v);
             }
         }
     }
     let n = targets.len();
-    let records = Array2::from_shape_vec((n, feature_names.len()), data)
-        .map_err(|e| TrainError::Data(e.to_string()))?;
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    Ok(Table {
-        name,
-        feature_names,
-        records,
-        targets,
-    })
+    let records =
+        Array2::from_shape_vec((n, feature_names.len()), data).map_err(|e| TrainError::Data(e.to_string()))?;
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    Ok(Table { name, feature_names, records, targets })
 }
 
 /// A deterministic permutation (xorshift), so training is reproducible without a rand dependency.
@@ -136,11 +112,7 @@ pub fn feature_stats(names: &[String], records: &Array2<f64>) -> Vec<FeatureStat
             let std = (col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
             let min = col.iter().copied().fold(f64::INFINITY, f64::min);
             let max = col.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let width = if max > min {
-                (max - min) / BINS as f64
-            } else {
-                1.0
-            };
+            let width = if max > min { (max - min) / BINS as f64 } else { 1.0 };
             let mut counts = vec![0u64; BINS];
             for v in col {
                 counts[(((v - min) / width) as usize).min(BINS - 1)] += 1;
@@ -162,9 +134,7 @@ pub fn feature_stats(names: &[String], records: &Array2<f64>) -> Vec<FeatureStat
 pub fn train(table: &Table, algorithm: Algorithm, seed: u64) -> Result<Artifact, TrainError> {
     let n = table.records.nrows();
     if n < 5 {
-        return Err(TrainError::Data(format!(
-            "{n} rows is too few to train and evaluate"
-        )));
+        return Err(TrainError::Data(format!("{n} rows is too few to train and evaluate")));
     }
     let order = permutation(n, seed);
     let n_test = ((n as f64) * HOLDOUT).round().max(1.0) as usize;
@@ -178,20 +148,14 @@ pub fn train(table: &Table, algorithm: Algorithm, seed: u64) -> Result<Artifact,
             class_names.sort();
             class_names.dedup();
             if class_names.len() < 2 {
-                return Err(TrainError::Data(
-                    "a classifier needs at least two classes in the target column".into(),
-                ));
+                return Err(TrainError::Data("a classifier needs at least two classes in the target column".into()));
             }
-            let ids: Array1<usize> = table
-                .targets
-                .iter()
-                .map(|t| class_names.binary_search(t).unwrap_or_default())
-                .collect();
+            let ids: Array1<usize> =
+                table.targets.iter().map(|t| class_names.binary_search(t).unwrap_or_default()).collect();
             let y_train = ids.select(Axis(0), train_idx);
             let y_test = ids.select(Axis(0), test_idx);
             let ds = Dataset::new(x_train, y_train);
-            let (estimator, pred): (Estimator, Array1<usize>) = if algorithm == Algorithm::Logistic
-            {
+            let (estimator, pred): (Estimator, Array1<usize>) = if algorithm == Algorithm::Logistic {
                 let m = MultiLogisticRegression::default()
                     .max_iterations(200)
                     .fit(&ds)
@@ -199,20 +163,13 @@ pub fn train(table: &Table, algorithm: Algorithm, seed: u64) -> Result<Artifact,
                 let pred = m.predict(&x_test);
                 (Estimator::LogisticRegression(m), pred)
             } else {
-                let m = DecisionTree::params()
-                    .max_depth(Some(10))
-                    .fit(&ds)
-                    .map_err(|e| TrainError::Fit(e.to_string()))?;
+                let m =
+                    DecisionTree::params().max_depth(Some(10)).fit(&ds).map_err(|e| TrainError::Fit(e.to_string()))?;
                 let pred = m.predict(&x_test);
                 (Estimator::DecisionTree(m), pred)
             };
             let correct = pred.iter().zip(&y_test).filter(|(a, b)| a == b).count();
-            (
-                estimator,
-                class_names,
-                "accuracy",
-                correct as f64 / n_test as f64,
-            )
+            (estimator, class_names, "accuracy", correct as f64 / n_test as f64)
         }
         Algorithm::Linear => {
             let y: Array1<f64> = table
@@ -220,25 +177,19 @@ pub fn train(table: &Table, algorithm: Algorithm, seed: u64) -> Result<Artifact,
                 .iter()
                 .enumerate()
                 .map(|(i, t)| {
-                    t.trim().parse::<f64>().map_err(|_| {
-                        TrainError::Data(format!("target of row {} is not a number: {t:?}", i + 1))
-                    })
+                    t.trim()
+                        .parse::<f64>()
+                        .map_err(|_| TrainError::Data(format!("target of row {} is not a number: {t:?}", i + 1)))
                 })
                 .collect::<Result<_, _>>()?;
             let ds = Dataset::new(x_train, y.select(Axis(0), train_idx));
-            let m = LinearRegression::new()
-                .fit(&ds)
-                .map_err(|e| TrainError::Fit(e.to_string()))?;
+            let m = LinearRegression::new().fit(&ds).map_err(|e| TrainError::Fit(e.to_string()))?;
             let y_test = y.select(Axis(0), test_idx);
             let pred: Array1<f64> = m.predict(&x_test);
             let mean = y_test.mean().unwrap_or_default();
             let ss_res: f64 = pred.iter().zip(&y_test).map(|(p, t)| (t - p).powi(2)).sum();
             let ss_tot: f64 = y_test.iter().map(|t| (t - mean).powi(2)).sum();
-            let r2 = if ss_tot > 0.0 {
-                1.0 - ss_res / ss_tot
-            } else {
-                0.0
-            };
+            let r2 = if ss_tot > 0.0 { 1.0 - ss_res / ss_tot } else { 0.0 };
             (Estimator::LinearRegression(m), Vec::new(), "r2", r2)
         }
     };

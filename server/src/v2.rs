@@ -24,32 +24,18 @@ const PREDICT_PROBA: &str = "predict_proba";
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v2", get(server_metadata))
-        .route(
-            "/v2/health/live",
-            get(|| async { axum::Json(json!({"live": true})) }),
-        )
+        .route("/v2/health/live", get(|| async { axum::Json(json!({"live": true})) }))
         .route("/v2/health/ready", get(server_ready))
         .route("/v2/models/{name}", get(model_metadata))
-        .route(
-            "/v2/models/{name}/versions/{version}",
-            get(model_metadata_versioned),
-        )
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata_versioned))
         .route("/v2/models/{name}/ready", get(model_ready))
-        .route(
-            "/v2/models/{name}/versions/{version}/ready",
-            get(model_ready_versioned),
-        )
+        .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_versioned))
         .route("/v2/models/{name}/infer", post(infer))
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(infer_versioned),
-        )
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer_versioned))
 }
 
 async fn server_metadata() -> axum::Json<Value> {
-    axum::Json(
-        json!({"name": "modelship-server", "version": env!("CARGO_PKG_VERSION"), "extensions": []}),
-    )
+    axum::Json(json!({"name": "modelship-server", "version": env!("CARGO_PKG_VERSION"), "extensions": []}))
 }
 
 async fn server_ready(State(state): State<Arc<AppState>>) -> Result<axum::Json<Value>, ApiError> {
@@ -58,35 +44,21 @@ async fn server_ready(State(state): State<Arc<AppState>>) -> Result<axum::Json<V
 }
 
 /// The model, if `name` (and `version`, when given) match what is served.
-fn lookup<'a>(
-    state: &'a AppState,
-    name: &str,
-    version: Option<&str>,
-) -> Result<&'a Model, ApiError> {
+fn lookup<'a>(state: &'a AppState, name: &str, version: Option<&str>) -> Result<&'a Model, ApiError> {
     let model = state.model_named(name)?;
     match version {
-        Some(v) if v != model.version => {
-            Err(ApiError::ModelNotFound(format!("{name} version {v}")))
-        }
+        Some(v) if v != model.version => Err(ApiError::ModelNotFound(format!("{name} version {v}"))),
         _ => Ok(model),
     }
 }
 
 fn predict_datatype(model: &Model) -> &'static str {
-    if model.artifact.estimator.is_classifier() {
-        "INT64"
-    } else {
-        "FP64"
-    }
+    if model.artifact.estimator.is_classifier() { "INT64" } else { "FP64" }
 }
 
 fn metadata(model: &Model) -> Value {
-    let mut outputs =
-        vec![json!({"name": PREDICT, "datatype": predict_datatype(model), "shape": [-1]})];
-    if matches!(
-        model.artifact.estimator,
-        crate::artifact::Estimator::LogisticRegression(_)
-    ) {
+    let mut outputs = vec![json!({"name": PREDICT, "datatype": predict_datatype(model), "shape": [-1]})];
+    if matches!(model.artifact.estimator, crate::artifact::Estimator::LogisticRegression(_)) {
         outputs.push(json!({"name": PREDICT_PROBA, "datatype": "FP64", "shape": [-1, model.class_names().len()]}));
     }
     json!({
@@ -98,10 +70,7 @@ fn metadata(model: &Model) -> Value {
     })
 }
 
-async fn model_metadata(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+async fn model_metadata(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let model = lookup(&state, &name, None)?;
     Ok(json_from_model(model, &metadata(model)))
 }
@@ -114,15 +83,9 @@ async fn model_metadata_versioned(
     Ok(json_from_model(model, &metadata(model)))
 }
 
-async fn model_ready(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
+async fn model_ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let model = lookup(&state, &name, None)?;
-    Ok(json_from_model(
-        model,
-        &json!({"name": model.name, "ready": true}),
-    ))
+    Ok(json_from_model(model, &json!({"name": model.name, "ready": true})))
 }
 
 async fn model_ready_versioned(
@@ -130,10 +93,7 @@ async fn model_ready_versioned(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let model = lookup(&state, &name, Some(&version))?;
-    Ok(json_from_model(
-        model,
-        &json!({"name": model.name, "ready": true}),
-    ))
+    Ok(json_from_model(model, &json!({"name": model.name, "ready": true})))
 }
 
 #[derive(Deserialize)]
@@ -178,9 +138,7 @@ fn flatten(value: &Value, datatype: &str, out: &mut Vec<f64>) -> Result<(), Stri
             if datatype.starts_with("UINT") && n.is_i64() && n.as_i64().unwrap_or_default() < 0 {
                 return Err(format!("{datatype} data holds a negative value {n}"));
             }
-            let v = n
-                .as_f64()
-                .ok_or_else(|| format!("value {n} is not representable"))?;
+            let v = n.as_f64().ok_or_else(|| format!("value {n} is not representable"))?;
             if !v.is_finite() {
                 return Err("data values must be finite numbers".into());
             }
@@ -202,50 +160,32 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-const NUMERIC: &[&str] = &[
-    "FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
-    "UINT64",
-];
+const NUMERIC: &[&str] =
+    &["FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"];
 
 /// Turns the one input tensor into rows, checking datatype, shape and data length.
 fn input_rows(model: &Model, input: &InputTensor) -> Result<Rows, ApiError> {
     let bad = |m: String| ApiError::BadRequest(format!("input {:?}: {m}", input.name));
     if !NUMERIC.contains(&input.datatype.as_str()) {
-        return Err(bad(format!(
-            "datatype {} is not supported; use FP32, FP64 or INT*",
-            input.datatype
-        )));
+        return Err(bad(format!("datatype {} is not supported; use FP32, FP64 or INT*", input.datatype)));
     }
     if input.shape.iter().any(|&d| d < 0) {
-        return Err(bad(format!(
-            "shape {:?} has a negative dimension",
-            input.shape
-        )));
+        return Err(bad(format!("shape {:?} has a negative dimension", input.shape)));
     }
     let (n_rows, n_cols) = match input.shape.as_slice() {
         [cols] => (1, *cols as usize),
         [rows, cols] => (*rows as usize, *cols as usize),
         other => {
-            return Err(bad(format!(
-                "shape {other:?} must be [features] or [rows, features]"
-            )));
+            return Err(bad(format!("shape {other:?} must be [features] or [rows, features]")));
         }
     };
     let mut data = Vec::with_capacity(n_rows.saturating_mul(n_cols).min(1 << 20));
     flatten(&input.data, &input.datatype, &mut data).map_err(bad)?;
     if data.len() != n_rows.saturating_mul(n_cols) {
-        return Err(bad(format!(
-            "shape {:?} needs {} values, data has {}",
-            input.shape,
-            n_rows * n_cols,
-            data.len()
-        )));
+        return Err(bad(format!("shape {:?} needs {} values, data has {}", input.shape, n_rows * n_cols, data.len())));
     }
     if n_cols != model.n_features() {
-        return Err(bad(format!(
-            "expected {} features per row, shape has {n_cols}",
-            model.n_features()
-        )));
+        return Err(bad(format!("expected {} features per row, shape has {n_cols}", model.n_features())));
     }
     Rows::from_flat(data, n_cols, input.shape.len() == 1).map_err(bad)
 }
@@ -274,13 +214,10 @@ fn run_infer(
 ) -> Result<Response, ApiError> {
     let body = body_bytes(state, body)?;
     let model = lookup(state, name, version)?;
-    let req: InferRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))?;
+    let req: InferRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))?;
     let [input] = req.inputs.as_slice() else {
-        return Err(ApiError::BadRequest(format!(
-            "expected exactly one input tensor, got {}",
-            req.inputs.len()
-        )));
+        return Err(ApiError::BadRequest(format!("expected exactly one input tensor, got {}", req.inputs.len())));
     };
     let rows = input_rows(model, input)?;
     model.check(rows.matrix.view(), state.limits.max_rows)?;
@@ -300,12 +237,7 @@ fn run_infer(
                     Predictions::Classes(c) => json!(c),
                     Predictions::Values(v) => json!(v),
                 };
-                outputs.push(OutputTensor {
-                    name: PREDICT,
-                    datatype: predict_datatype(model),
-                    shape: vec![n],
-                    data,
-                });
+                outputs.push(OutputTensor { name: PREDICT, datatype: predict_datatype(model), shape: vec![n], data });
             }
             PREDICT_PROBA => {
                 let p = model.predict_proba(rows.matrix.view())?;
@@ -324,8 +256,7 @@ fn run_infer(
             }
         }
     }
-    let mut resp =
-        json!({"model_name": model.name, "model_version": model.version, "outputs": outputs});
+    let mut resp = json!({"model_name": model.name, "model_version": model.version, "outputs": outputs});
     if let Some(id) = req.id {
         resp["id"] = json!(id);
     }

@@ -18,15 +18,9 @@ pub fn root() -> PathBuf {
 
 /// A built binary of the workspace (`cargo build --bins` runs before the suite).
 pub fn binary(name: &str) -> PathBuf {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
+    let dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
     let path = dir.join("debug").join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build --bins` first",
-        path.display()
-    );
+    assert!(path.exists(), "{} is not built: run `cargo build --bins` first", path.display());
     path
 }
 
@@ -52,11 +46,7 @@ pub fn kubectl_stdin(args: &[&str], stdin: Option<&str>) -> anyhow::Result<Strin
     use std::io::Write;
     let mut child = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -66,11 +56,7 @@ pub fn kubectl_stdin(args: &[&str], stdin: Option<&str>) -> anyhow::Result<Strin
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!(
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -100,30 +86,19 @@ pub struct TestNamespace {
 
 impl TestNamespace {
     pub async fn new(client: &Client, prefix: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let name = format!("{prefix}-{:x}", nanos ^ std::process::id());
         let ns = Namespace {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.clone()),
-                ..Default::default()
-            },
+            metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
             ..Default::default()
         };
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create test namespace");
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create test namespace");
         // Pods need the namespace's default ServiceAccount, which a controller creates.
-        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> =
-            Api::namespaced(client.clone(), &name);
-        wait_for(
-            "the default ServiceAccount",
-            Duration::from_secs(30),
-            || async { sas.get_opt("default").await.ok().flatten() },
-        )
+        let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &name);
+        wait_for("the default ServiceAccount", Duration::from_secs(30), || async {
+            sas.get_opt("default").await.ok().flatten()
+        })
         .await;
         Self { name }
     }
@@ -139,15 +114,8 @@ impl TestNamespace {
             "wide",
         ])
         .unwrap_or_else(|e| e.to_string());
-        let yaml = kubectl(&[
-            "-n",
-            &self.name,
-            "get",
-            "mlmodels,deployments",
-            "-o",
-            "yaml",
-        ])
-        .unwrap_or_else(|e| e.to_string());
+        let yaml =
+            kubectl(&["-n", &self.name, "get", "mlmodels,deployments", "-o", "yaml"]).unwrap_or_else(|e| e.to_string());
         format!("{all}\n{yaml}")
     }
 }
@@ -155,11 +123,7 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "==== objects in namespace {} at failure ====\n{}",
-                self.name,
-                self.dump()
-            );
+            eprintln!("==== objects in namespace {} at failure ====\n{}", self.name, self.dump());
         }
         // kubectl, not our client: the client's worker lives on the test's runtime, which may be
         // gone or blocked by now.
@@ -169,10 +133,7 @@ impl Drop for TestNamespace {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 /// A `modelship-operator` process run out of cluster from the freshly built binary.
@@ -205,10 +166,7 @@ impl OperatorOptions {
 impl Operator {
     pub fn start(opts: &OperatorOptions) -> Self {
         let metrics_port = free_port();
-        let log = std::env::temp_dir().join(format!(
-            "modelship-operator-{}-{}.log",
-            opts.identity, metrics_port
-        ));
+        let log = std::env::temp_dir().join(format!("modelship-operator-{}-{}.log", opts.identity, metrics_port));
         let file = std::fs::File::create(&log).expect("operator log file");
         let child = Command::new(binary("modelship-operator"))
             .args([
@@ -219,37 +177,20 @@ impl Operator {
                 "--lease-name",
                 &opts.lease_name,
             ])
-            .args([
-                "--identity",
-                &opts.identity,
-                "--metrics-addr",
-                &format!("127.0.0.1:{metrics_port}"),
-            ])
-            .args([
-                "--leader-elect",
-                if opts.leader_elect { "true" } else { "false" },
-            ])
+            .args(["--identity", &opts.identity, "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--leader-elect", if opts.leader_elect { "true" } else { "false" }])
             .args(["--server-image", "modelship-server:test"])
             .env("RUST_LOG", "info,kube=warn")
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)
             .spawn()
             .expect("start modelship-operator");
-        Self {
-            child,
-            metrics_port,
-            log,
-        }
+        Self { child, metrics_port, log }
     }
 
     /// The operator's Prometheus metrics text.
     pub async fn metrics(&self) -> Option<String> {
-        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await.ok()?.text().await.ok()
     }
 
     /// The value of one sample (exact series text, labels included), 0 when absent.
@@ -268,9 +209,7 @@ impl Operator {
 
     /// Sends SIGTERM and waits for exit; returns whether it exited successfully.
     pub fn terminate(mut self) -> bool {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         self.child.wait().map(|s| s.success()).unwrap_or(false)
     }
 
@@ -288,11 +227,7 @@ impl Operator {
 impl Drop for Operator {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "==== operator log {} ====\n{}",
-                self.log.display(),
-                self.log_text()
-            );
+            eprintln!("==== operator log {} ====\n{}", self.log.display(), self.log_text());
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -23,38 +23,18 @@ async fn the_operator_survives_an_api_server_restart() {
     let restart = std::env::var("MODELSHIP_APISERVER_RESTART_CMD")
         .expect("MODELSHIP_APISERVER_RESTART_CMD must name a command that restarts the API server");
     let c = client().await;
-    kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        root().join("crds/mlmodel.yaml").to_str().unwrap(),
-    ])
-    .unwrap();
+    kubectl(&["apply", "--server-side", "--force-conflicts", "-f", root().join("crds/mlmodel.yaml").to_str().unwrap()])
+        .unwrap();
     let ns = TestNamespace::new(&c, "apirestart").await;
     let op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
-    kubectl(&[
-        "apply",
-        "-n",
-        &ns.name,
-        "-f",
-        root().join("examples/iris.yaml").to_str().unwrap(),
-    ])
-    .unwrap();
+    kubectl(&["apply", "-n", &ns.name, "-f", root().join("examples/iris.yaml").to_str().unwrap()]).unwrap();
     let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
     wait_for("iris v1 Ready", Duration::from_secs(60), || async {
-        models
-            .get("iris")
-            .await
-            .ok()
-            .filter(|m| ready_with_version(m, "v1"))
+        models.get("iris").await.ok().filter(|m| ready_with_version(m, "v1"))
     })
     .await;
 
-    let status = Command::new("bash")
-        .args(["-c", &restart])
-        .status()
-        .unwrap();
+    let status = Command::new("bash").args(["-c", &restart]).status().unwrap();
     assert!(status.success(), "{restart} failed");
     let c = client().await;
     let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
@@ -72,22 +52,11 @@ async fn the_operator_survives_an_api_server_restart() {
         r#"{"spec":{"model":{"version":"v2"}}}"#,
     ])
     .unwrap();
-    wait_for(
-        "iris v2 Ready after the restart",
-        Duration::from_secs(120),
-        || async {
-            models
-                .get("iris")
-                .await
-                .ok()
-                .filter(|m| ready_with_version(m, "v2"))
-        },
-    )
+    wait_for("iris v2 Ready after the restart", Duration::from_secs(120), || async {
+        models.get("iris").await.ok().filter(|m| ready_with_version(m, "v2"))
+    })
     .await;
-    assert!(
-        op.metric("modelship_operator_leader").await == 1.0,
-        "the operator is still running and leading"
-    );
+    assert!(op.metric("modelship_operator_leader").await == 1.0, "the operator is still running and leading");
     let log = op.log_text();
     assert!(!log.contains("panicked"), "the operator panicked:\n{log}");
 }

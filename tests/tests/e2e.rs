@@ -13,9 +13,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use modelship_crds::MLModel;
-use modelship_tests::{
-    Operator, OperatorOptions, TestNamespace, client, kubectl, kubectl_stdin, root, wait_for,
-};
+use modelship_tests::{Operator, OperatorOptions, TestNamespace, client, kubectl, kubectl_stdin, root, wait_for};
 use tokio::sync::OnceCell;
 
 const T: Duration = Duration::from_secs(60);
@@ -25,21 +23,8 @@ async fn setup(prefix: &str) -> (Client, TestNamespace) {
     let c = client().await;
     CRD.get_or_init(|| async {
         let crd = root().join("crds/mlmodel.yaml");
-        kubectl(&[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            crd.to_str().unwrap(),
-        ])
-        .unwrap();
-        kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "crd/mlmodels.modelship.dev",
-            "--timeout=60s",
-        ])
-        .unwrap();
+        kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crd.to_str().unwrap()]).unwrap();
+        kubectl(&["wait", "--for=condition=Established", "crd/mlmodels.modelship.dev", "--timeout=60s"]).unwrap();
     })
     .await;
     let ns = TestNamespace::new(&c, prefix).await;
@@ -47,17 +32,12 @@ async fn setup(prefix: &str) -> (Client, TestNamespace) {
 }
 
 fn example() -> String {
-    root()
-        .join("examples/iris.yaml")
-        .to_str()
-        .unwrap()
-        .to_string()
+    root().join("examples/iris.yaml").to_str().unwrap().to_string()
 }
 
 fn is_ready(m: &MLModel) -> bool {
     m.status.as_ref().is_some_and(|s| {
-        s.observed_generation == m.metadata.generation
-            && s.condition("Ready").is_some_and(|c| c.status == "True")
+        s.observed_generation == m.metadata.generation && s.condition("Ready").is_some_and(|c| c.status == "True")
     })
 }
 
@@ -68,25 +48,12 @@ async fn wait_ready(models: &Api<MLModel>, name: &str) -> MLModel {
     .await
 }
 
-async fn wait_condition(
-    models: &Api<MLModel>,
-    name: &str,
-    type_: &str,
-    status: &str,
-    reason: &str,
-) -> MLModel {
-    wait_for(
-        &format!("{name} {type_}={status} ({reason})"),
-        T,
-        || async {
-            models.get_opt(name).await.ok().flatten().filter(|m| {
-                m.status
-                    .as_ref()
-                    .and_then(|s| s.condition(type_))
-                    .is_some_and(|c| c.status == status && c.reason == reason)
-            })
-        },
-    )
+async fn wait_condition(models: &Api<MLModel>, name: &str, type_: &str, status: &str, reason: &str) -> MLModel {
+    wait_for(&format!("{name} {type_}={status} ({reason})"), T, || async {
+        models.get_opt(name).await.ok().flatten().filter(|m| {
+            m.status.as_ref().and_then(|s| s.condition(type_)).is_some_and(|c| c.status == status && c.reason == reason)
+        })
+    })
     .await
 }
 
@@ -114,10 +81,7 @@ async fn crd_is_established_and_documented() {
         kubectl(&["explain", "mlmodel.spec.model.uri"]).ok()
     })
     .await;
-    assert!(
-        explain.contains("configmap://NAME/KEY") && explain.contains("pvc://CLAIM/PATH"),
-        "{explain}"
-    );
+    assert!(explain.contains("configmap://NAME/KEY") && explain.contains("pvc://CLAIM/PATH"), "{explain}");
     let explain = kubectl(&["explain", "mlmodel.status.conditions"]).unwrap();
     assert!(explain.contains("fully rolled out"), "{explain}");
 }
@@ -127,43 +91,23 @@ async fn invalid_mlmodels_are_rejected_naming_the_field() {
     let (_c, ns) = setup("invalid").await;
     let cases = [
         (r#"{"model":{"uri":"s3://bucket/key"}}"#, "spec.model.uri"),
-        (
-            r#"{"model":{"uri":"configmap://m/k","sha256":"xyz"}}"#,
-            "spec.model.sha256",
-        ),
-        (
-            r#"{"model":{"uri":"configmap://m/k","format":"onnx"}}"#,
-            "spec.model.format",
-        ),
-        (
-            r#"{"model":{"uri":"configmap://m/k"},"replicas":-1}"#,
-            "spec.replicas",
-        ),
+        (r#"{"model":{"uri":"configmap://m/k","sha256":"xyz"}}"#, "spec.model.sha256"),
+        (r#"{"model":{"uri":"configmap://m/k","format":"onnx"}}"#, "spec.model.format"),
+        (r#"{"model":{"uri":"configmap://m/k"},"replicas":-1}"#, "spec.replicas"),
         (
             r#"{"model":{"uri":"configmap://m/k"},"autoscaling":{"minReplicas":4,"maxReplicas":2}}"#,
             "minReplicas must be less than or equal to maxReplicas",
         ),
-        (
-            r#"{"model":{"uri":"configmap://m/k"},"server":{"port":80}}"#,
-            "spec.server.port",
-        ),
-        (
-            r#"{"model":{"uri":"pvc://claim/../etc"}}"#,
-            "spec.model.uri",
-        ),
+        (r#"{"model":{"uri":"configmap://m/k"},"server":{"port":80}}"#, "spec.server.port"),
+        (r#"{"model":{"uri":"pvc://claim/../etc"}}"#, "spec.model.uri"),
         (r#"{"replicas":1}"#, "spec.model: Required value"),
     ];
     for (spec, want) in cases {
         let doc = format!(
             r#"{{"apiVersion":"modelship.dev/v1alpha1","kind":"MLModel","metadata":{{"name":"bad"}},"spec":{spec}}}"#
         );
-        let err = kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&doc))
-            .expect_err(spec)
-            .to_string();
-        assert!(
-            err.contains(want),
-            "{spec}: error does not name {want:?}: {err}"
-        );
+        let err = kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&doc)).expect_err(spec).to_string();
+        assert!(err.contains(want), "{spec}: error does not name {want:?}: {err}");
     }
     let models = kubectl(&["get", "mlmodels", "-n", &ns.name, "-o", "name"]).unwrap();
     assert!(models.trim().is_empty(), "nothing was stored: {models}");
@@ -177,10 +121,7 @@ async fn iris_becomes_ready_and_a_noop_reconcile_writes_nothing() {
     let st = m.status.clone().unwrap();
     assert_eq!(st.observed_generation, m.metadata.generation);
     assert_eq!(st.ready_replicas, 1);
-    assert_eq!(
-        st.url.as_deref(),
-        Some(format!("http://iris.{}.svc", ns.name).as_str())
-    );
+    assert_eq!(st.url.as_deref(), Some(format!("http://iris.{}.svc", ns.name).as_str()));
 
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
     let d = deployments.get("iris").await.unwrap();
@@ -196,10 +137,7 @@ async fn iris_becomes_ready_and_a_noop_reconcile_writes_nothing() {
     assert!(available, "Deployment Available");
     let slices: Api<EndpointSlice> = Api::namespaced(c.clone(), &ns.name);
     wait_for("a ready endpoint behind the Service", T, || async {
-        let list = slices
-            .list(&ListParams::default().labels("kubernetes.io/service-name=iris"))
-            .await
-            .ok()?;
+        let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=iris")).await.ok()?;
         list.items
             .iter()
             .flat_map(|s| &s.endpoints)
@@ -210,21 +148,9 @@ async fn iris_becomes_ready_and_a_noop_reconcile_writes_nothing() {
 
     let table = kubectl(&["get", "mlm", "-n", &ns.name]).unwrap();
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(
-        header,
-        ["NAME", "READY", "VERSION", "REPLICAS", "URL", "AGE"]
-    );
+    assert_eq!(header, ["NAME", "READY", "VERSION", "REPLICAS", "URL", "AGE"]);
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(
-        &row[..5],
-        [
-            "iris",
-            "True",
-            "v1",
-            "1/1",
-            &format!("http://iris.{}.svc", ns.name)
-        ]
-    );
+    assert_eq!(&row[..5], ["iris", "True", "v1", "1/1", &format!("http://iris.{}.svc", ns.name)]);
 
     // Let the operator settle, then trigger a reconcile that has nothing to do.
     let deadline = tokio::time::Instant::now() + T;
@@ -234,10 +160,7 @@ async fn iris_becomes_ready_and_a_noop_reconcile_writes_nothing() {
         if now == last {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the operator never went quiet"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "the operator never went quiet");
         last = now;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -249,15 +172,7 @@ async fn iris_becomes_ready_and_a_noop_reconcile_writes_nothing() {
     );
     let writes = op.metric("modelship_operator_status_writes_total").await;
     let reconciles = op.metric("modelship_operator_reconciles_total").await;
-    kubectl(&[
-        "annotate",
-        "-n",
-        &ns.name,
-        "mlmodel",
-        "iris",
-        "example.com/poke=1",
-    ])
-    .unwrap();
+    kubectl(&["annotate", "-n", &ns.name, "mlmodel", "iris", "example.com/poke=1"]).unwrap();
     wait_for("a reconcile after the annotation", T, || async {
         (op.metric("modelship_operator_reconciles_total").await > reconciles).then_some(())
     })
@@ -267,11 +182,7 @@ async fn iris_becomes_ready_and_a_noop_reconcile_writes_nothing() {
         rv(services.get("iris").await.unwrap().resource_version()),
     );
     assert_eq!(before, after, "a no-op reconcile changed a child");
-    assert_eq!(
-        op.metric("modelship_operator_status_writes_total").await,
-        writes,
-        "a no-op reconcile wrote status"
-    );
+    assert_eq!(op.metric("modelship_operator_status_writes_total").await, writes, "a no-op reconcile wrote status");
     let _ = models;
 }
 
@@ -282,20 +193,14 @@ async fn a_spec_change_rolls_out_and_ready_goes_false_then_true() {
     let (models, m) = iris(&c, &ns).await;
     let generation = m.metadata.generation.unwrap();
 
-    let stream = watcher::watcher(
-        models.clone(),
-        watcher::Config::default().fields("metadata.name=iris"),
-    )
-    .applied_objects();
+    let stream =
+        watcher::watcher(models.clone(), watcher::Config::default().fields("metadata.name=iris")).applied_objects();
     let seen = tokio::spawn(async move {
         let mut seen = Vec::new();
         let mut stream = std::pin::pin!(stream);
         while let Ok(Some(m)) = stream.try_next().await {
             let st = m.status.clone().unwrap_or_default();
-            let ready = st
-                .condition("Ready")
-                .map(|c| c.status.clone())
-                .unwrap_or_default();
+            let ready = st.condition("Ready").map(|c| c.status.clone()).unwrap_or_default();
             seen.push((st.observed_generation.unwrap_or(0), ready.clone()));
             if st.observed_generation == Some(generation + 1) && ready == "True" {
                 break;
@@ -316,15 +221,8 @@ async fn a_spec_change_rolls_out_and_ready_goes_false_then_true() {
         r#"{"spec":{"model":{"version":"v2"}}}"#,
     ])
     .unwrap();
-    let seen = tokio::time::timeout(T, seen)
-        .await
-        .expect("rollout finished")
-        .unwrap();
-    let new_gen: Vec<&String> = seen
-        .iter()
-        .filter(|(g, _)| *g == generation + 1)
-        .map(|(_, r)| r)
-        .collect();
+    let seen = tokio::time::timeout(T, seen).await.expect("rollout finished").unwrap();
+    let new_gen: Vec<&String> = seen.iter().filter(|(g, _)| *g == generation + 1).map(|(_, r)| r).collect();
     assert_eq!(
         new_gen.first().map(|s| s.as_str()),
         Some("False"),
@@ -333,11 +231,7 @@ async fn a_spec_change_rolls_out_and_ready_goes_false_then_true() {
     assert_eq!(new_gen.last().map(|s| s.as_str()), Some("True"), "{seen:?}");
 
     let rs: Api<ReplicaSet> = Api::namespaced(c.clone(), &ns.name);
-    let sets = rs
-        .list(&ListParams::default().labels("modelship.dev/model=iris"))
-        .await
-        .unwrap()
-        .items;
+    let sets = rs.list(&ListParams::default().labels("modelship.dev/model=iris")).await.unwrap().items;
     assert_eq!(sets.len(), 2, "a new ReplicaSet for the new template");
     let live = models.get("iris").await.unwrap();
     assert_eq!(live.status.unwrap().model_version.as_deref(), Some("v2"));
@@ -362,21 +256,11 @@ async fn a_spec_change_rolls_out_and_ready_goes_false_then_true() {
     let mut data = cms.get("iris-model").await.unwrap().data.unwrap();
     let json = data.get_mut("model.json").unwrap();
     json.push(' ');
-    cms.patch(
-        "iris-model",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"data": data})),
-    )
-    .await
-    .unwrap();
-    wait_for(
-        "a new pod template after the ConfigMap changed",
-        T,
-        || async {
-            let d = deployments.get("iris").await.ok()?;
-            (hash(&d) != before).then_some(())
-        },
-    )
+    cms.patch("iris-model", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": data}))).await.unwrap();
+    wait_for("a new pod template after the ConfigMap changed", T, || async {
+        let d = deployments.get("iris").await.ok()?;
+        (hash(&d) != before).then_some(())
+    })
     .await;
 }
 
@@ -387,23 +271,13 @@ async fn kubectl_scale_and_autoscaling() {
     let (models, _) = iris(&c, &ns).await;
     kubectl(&["scale", "mlmodel", "iris", "-n", &ns.name, "--replicas=3"]).unwrap();
     let m = wait_for("3 ready replicas", T, || async {
-        models
-            .get("iris")
-            .await
-            .ok()
-            .filter(|m| is_ready(m) && m.status.as_ref().unwrap().ready_replicas == 3)
+        models.get("iris").await.ok().filter(|m| is_ready(m) && m.status.as_ref().unwrap().ready_replicas == 3)
     })
     .await;
     assert_eq!(m.status.unwrap().replica_summary.as_deref(), Some("3/3"));
-    let scale = kubectl(&[
-        "get",
-        "--raw",
-        &format!(
-            "/apis/modelship.dev/v1alpha1/namespaces/{}/mlmodels/iris/scale",
-            ns.name
-        ),
-    ])
-    .unwrap();
+    let scale =
+        kubectl(&["get", "--raw", &format!("/apis/modelship.dev/v1alpha1/namespaces/{}/mlmodels/iris/scale", ns.name)])
+            .unwrap();
     let scale: serde_json::Value = serde_json::from_str(&scale).unwrap();
     assert_eq!(scale["spec"]["replicas"], 3);
     assert_eq!(scale["status"]["replicas"], 3);
@@ -423,26 +297,14 @@ async fn kubectl_scale_and_autoscaling() {
     ])
     .unwrap();
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(c.clone(), &ns.name);
-    let hpa = wait_for("the HPA", T, || async {
-        hpas.get_opt("iris").await.ok().flatten()
-    })
-    .await;
+    let hpa = wait_for("the HPA", T, || async { hpas.get_opt("iris").await.ok().flatten() }).await;
     let spec = hpa.spec.unwrap();
-    assert_eq!(
-        (
-            spec.min_replicas,
-            spec.max_replicas,
-            spec.scale_target_ref.name.as_str()
-        ),
-        (Some(2), 5, "iris")
-    );
+    assert_eq!((spec.min_replicas, spec.max_replicas, spec.scale_target_ref.name.as_str()), (Some(2), 5, "iris"));
     wait_for("the operator to stop owning spec.replicas", T, || async {
         let d = deployments.get("iris").await.ok()?;
         (!d.metadata.managed_fields.iter().flatten().any(|m| {
             m.manager.as_deref() == Some("modelship-operator")
-                && m.fields_v1
-                    .as_ref()
-                    .is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
+                && m.fields_v1.as_ref().is_some_and(|f| f.0.pointer("/f:spec/f:replicas").is_some())
         }))
         .then_some(d)
     })
@@ -450,10 +312,7 @@ async fn kubectl_scale_and_autoscaling() {
     // The handover must not reset the live count to 1.
     for _ in 0..10 {
         let d = deployments.get("iris").await.unwrap();
-        assert!(
-            d.spec.unwrap().replicas.unwrap_or(0) >= 2,
-            "replicas dropped below minReplicas during the handover"
-        );
+        assert!(d.spec.unwrap().replicas.unwrap_or(0) >= 2, "replicas dropped below minReplicas during the handover");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     kubectl(&[
@@ -468,10 +327,7 @@ async fn kubectl_scale_and_autoscaling() {
         r#"[{"op":"remove","path":"/spec/autoscaling"}]"#,
     ])
     .unwrap();
-    wait_for("the HPA to be deleted", T, || async {
-        hpas.get_opt("iris").await.ok().filter(|h| h.is_none())
-    })
-    .await;
+    wait_for("the HPA to be deleted", T, || async { hpas.get_opt("iris").await.ok().filter(|h| h.is_none()) }).await;
     wait_for("replicas back to spec.replicas", T, || async {
         let d = deployments.get("iris").await.ok()?;
         (d.spec.unwrap().replicas == Some(3)).then_some(())
@@ -485,23 +341,12 @@ async fn edited_or_deleted_children_are_restored() {
     let _op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
     let (_models, _) = iris(&c, &ns).await;
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
-    kubectl(&[
-        "set",
-        "image",
-        "-n",
-        &ns.name,
-        "deployment/iris",
-        "server=evil:latest",
-    ])
-    .unwrap();
+    kubectl(&["set", "image", "-n", &ns.name, "deployment/iris", "server=evil:latest"]).unwrap();
     kubectl(&["scale", "-n", &ns.name, "deployment/iris", "--replicas=4"]).unwrap();
     wait_for("the edit to be reverted", T, || async {
         let d = deployments.get("iris").await.ok()?;
         let spec = d.spec.unwrap();
-        let image = spec.template.spec.unwrap().containers[0]
-            .image
-            .clone()
-            .unwrap_or_default();
+        let image = spec.template.spec.unwrap().containers[0].image.clone().unwrap_or_default();
         (image == "modelship-server:test" && spec.replicas == Some(1)).then_some(())
     })
     .await;
@@ -509,28 +354,12 @@ async fn edited_or_deleted_children_are_restored() {
     let uid = services.get("iris").await.unwrap().uid();
     kubectl(&["delete", "service", "iris", "-n", &ns.name, "--wait=true"]).unwrap();
     wait_for("the Service to be recreated", T, || async {
-        services
-            .get_opt("iris")
-            .await
-            .ok()
-            .flatten()
-            .filter(|s| s.uid() != uid)
+        services.get_opt("iris").await.ok().flatten().filter(|s| s.uid() != uid)
     })
     .await;
-    kubectl(&[
-        "delete",
-        "deployment",
-        "iris",
-        "-n",
-        &ns.name,
-        "--wait=true",
-    ])
-    .unwrap();
+    kubectl(&["delete", "deployment", "iris", "-n", &ns.name, "--wait=true"]).unwrap();
     let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
-    wait_for("the Deployment to be recreated", T, || async {
-        deployments.get_opt("iris").await.ok().flatten()
-    })
-    .await;
+    wait_for("the Deployment to be recreated", T, || async { deployments.get_opt("iris").await.ok().flatten() }).await;
     wait_ready(&models, "iris").await;
 }
 
@@ -543,28 +372,11 @@ async fn a_missing_configmap_degrades_then_recovers() {
     kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(doc)).unwrap();
     let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
     let m = wait_condition(&models, "late", "Degraded", "True", "ConfigMapNotFound").await;
-    let msg = &m
-        .status
-        .as_ref()
-        .unwrap()
-        .condition("Degraded")
-        .unwrap()
-        .message;
+    let msg = &m.status.as_ref().unwrap().condition("Degraded").unwrap().message;
     assert!(msg.contains("late-model"), "{msg}");
-    assert_eq!(
-        m.status
-            .as_ref()
-            .unwrap()
-            .condition("Ready")
-            .unwrap()
-            .status,
-        "False"
-    );
+    assert_eq!(m.status.as_ref().unwrap().condition("Ready").unwrap().status, "False");
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
-    assert!(
-        deployments.get_opt("late").await.unwrap().is_none(),
-        "no Deployment that could only crash-loop"
-    );
+    assert!(deployments.get_opt("late").await.unwrap().is_none(), "no Deployment that could only crash-loop");
     let events = kubectl(&[
         "get",
         "events",
@@ -576,25 +388,13 @@ async fn a_missing_configmap_degrades_then_recovers() {
         "jsonpath={.items[*].reason}",
     ])
     .unwrap();
-    assert!(
-        events.contains("ConfigMapNotFound"),
-        "an Event names the cause: {events}"
-    );
+    assert!(events.contains("ConfigMapNotFound"), "an Event names the cause: {events}");
 
     // A key that is not there is its own reason.
-    kubectl(&[
-        "create",
-        "configmap",
-        "late-model",
-        "-n",
-        &ns.name,
-        "--from-literal=other.json={}",
-    ])
-    .unwrap();
+    kubectl(&["create", "configmap", "late-model", "-n", &ns.name, "--from-literal=other.json={}"]).unwrap();
     wait_condition(&models, "late", "Degraded", "True", "ConfigMapKeyNotFound").await;
     let data = std::fs::read_to_string(root().join("examples/iris.yaml")).unwrap();
-    let cm: serde_yaml::Value =
-        serde_yaml::from_str(data.split("\n---\n").next().unwrap()).unwrap();
+    let cm: serde_yaml::Value = serde_yaml::from_str(data.split("\n---\n").next().unwrap()).unwrap();
     let model_json = cm["data"]["model.json"].as_str().unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), &ns.name);
     cms.patch(
@@ -626,10 +426,7 @@ async fn deleting_the_model_collects_every_child() {
     ])
     .unwrap();
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(c.clone(), &ns.name);
-    wait_for("the HPA", T, || async {
-        hpas.get_opt("iris").await.ok().flatten()
-    })
-    .await;
+    wait_for("the HPA", T, || async { hpas.get_opt("iris").await.ok().flatten() }).await;
     kubectl(&["delete", "mlmodel", "iris", "-n", &ns.name]).unwrap();
     wait_for("every child to be garbage-collected", T, || async {
         let left = kubectl(&[
@@ -654,16 +451,8 @@ async fn argocd_tracking_metadata_stays_off_children_and_spec_is_never_written()
     let _op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
     let text = std::fs::read_to_string(root().join("examples/iris.yaml")).unwrap();
     kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&text)).unwrap();
-    kubectl(&[
-        "label",
-        "-n",
-        &ns.name,
-        "mlmodel",
-        "iris",
-        "app.kubernetes.io/instance=models-prod",
-        "team=fraud",
-    ])
-    .unwrap();
+    kubectl(&["label", "-n", &ns.name, "mlmodel", "iris", "app.kubernetes.io/instance=models-prod", "team=fraud"])
+        .unwrap();
     kubectl(&[
         "annotate",
         "-n",
@@ -678,57 +467,24 @@ async fn argocd_tracking_metadata_stays_off_children_and_spec_is_never_written()
     let m = wait_ready(&models, "iris").await;
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
     wait_for("the user label on children", T, || async {
-        deployments
-            .get("iris")
-            .await
-            .ok()
-            .filter(|d| d.labels().get("team").map(String::as_str) == Some("fraud"))
+        deployments.get("iris").await.ok().filter(|d| d.labels().get("team").map(String::as_str) == Some("fraud"))
     })
     .await;
     let services: Api<Service> = Api::namespaced(c.clone(), &ns.name);
     let d = deployments.get("iris").await.unwrap();
     let s = services.get("iris").await.unwrap();
-    for (what, labels, annotations) in [
-        ("Deployment", d.labels(), d.annotations()),
-        ("Service", s.labels(), s.annotations()),
-    ] {
-        assert!(
-            !labels.contains_key("app.kubernetes.io/instance"),
-            "{what} carries ArgoCD's tracking label"
-        );
-        assert!(
-            annotations
-                .keys()
-                .all(|k| !k.starts_with("argocd.argoproj.io/")),
-            "{what}: {annotations:?}"
-        );
-    }
-    let pod_annotations = d
-        .spec
-        .unwrap()
-        .template
-        .metadata
-        .unwrap()
-        .annotations
-        .unwrap_or_default();
-    assert!(
-        pod_annotations
-            .keys()
-            .all(|k| !k.starts_with("argocd.argoproj.io/"))
-    );
-    // Only kubectl ever wrote the spec: the operator's managed fields cover status alone.
-    for mf in m
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter(|f| f.manager.as_deref() == Some("modelship-operator"))
+    for (what, labels, annotations) in
+        [("Deployment", d.labels(), d.annotations()), ("Service", s.labels(), s.annotations())]
     {
-        assert_eq!(
-            mf.subresource.as_deref(),
-            Some("status"),
-            "the operator wrote outside status: {mf:?}"
-        );
+        assert!(!labels.contains_key("app.kubernetes.io/instance"), "{what} carries ArgoCD's tracking label");
+        assert!(annotations.keys().all(|k| !k.starts_with("argocd.argoproj.io/")), "{what}: {annotations:?}");
+    }
+    let pod_annotations = d.spec.unwrap().template.metadata.unwrap().annotations.unwrap_or_default();
+    assert!(pod_annotations.keys().all(|k| !k.starts_with("argocd.argoproj.io/")));
+    // Only kubectl ever wrote the spec: the operator's managed fields cover status alone.
+    for mf in m.metadata.managed_fields.iter().flatten().filter(|f| f.manager.as_deref() == Some("modelship-operator"))
+    {
+        assert_eq!(mf.subresource.as_deref(), Some("status"), "the operator wrote outside status: {mf:?}");
     }
 }
 
@@ -755,58 +511,26 @@ async fn the_operator_restarted_mid_rollout_converges() {
     let mut restarted = opts.clone();
     restarted.identity.push_str("-2");
     let _op = Operator::start(&restarted);
-    let live = wait_for(
-        "the new generation Ready",
-        Duration::from_secs(90),
-        || async {
-            models
-                .get("iris")
-                .await
-                .ok()
-                .filter(|x| is_ready(x) && x.metadata.generation > m.metadata.generation)
-        },
-    )
+    let live = wait_for("the new generation Ready", Duration::from_secs(90), || async {
+        models.get("iris").await.ok().filter(|x| is_ready(x) && x.metadata.generation > m.metadata.generation)
+    })
     .await;
     assert_eq!(live.status.unwrap().model_version.as_deref(), Some("v9"));
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
-    let args = deployments
-        .get("iris")
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap()
-        .containers[0]
-        .args
-        .clone()
-        .unwrap();
-    assert!(
-        args.windows(2)
-            .any(|w| w[0] == "--model-version" && w[1] == "v9"),
-        "{args:?}"
-    );
+    let args =
+        deployments.get("iris").await.unwrap().spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
+    assert!(args.windows(2).any(|w| w[0] == "--model-version" && w[1] == "v9"), "{args:?}");
 }
 
 #[tokio::test]
 async fn two_replicas_with_leader_election_never_both_write() {
     let (c, ns) = setup("leader").await;
     let opts = OperatorOptions::for_namespace(&ns.name);
-    let a = Operator::start(&OperatorOptions {
-        identity: "replica-a".into(),
-        ..opts.clone()
-    });
-    let b = Operator::start(&OperatorOptions {
-        identity: "replica-b".into(),
-        ..opts.clone()
-    });
+    let a = Operator::start(&OperatorOptions { identity: "replica-a".into(), ..opts.clone() });
+    let b = Operator::start(&OperatorOptions { identity: "replica-b".into(), ..opts.clone() });
     let (models, _) = iris(&c, &ns).await;
     let (a_leads, b_leads) = (leader_of(&a).await, leader_of(&b).await);
-    assert!(
-        a_leads ^ b_leads,
-        "exactly one leader (a: {a_leads}, b: {b_leads})"
-    );
+    assert!(a_leads ^ b_leads, "exactly one leader (a: {a_leads}, b: {b_leads})");
     let (leader, standby) = if a_leads { (a, b) } else { (b, a) };
     kubectl(&[
         "patch",
@@ -821,24 +545,20 @@ async fn two_replicas_with_leader_election_never_both_write() {
     ])
     .unwrap();
     wait_for("v2 Ready", T, || async {
-        models.get("iris").await.ok().filter(|m| {
-            is_ready(m) && m.status.as_ref().unwrap().model_version.as_deref() == Some("v2")
-        })
+        models
+            .get("iris")
+            .await
+            .ok()
+            .filter(|m| is_ready(m) && m.status.as_ref().unwrap().model_version.as_deref() == Some("v2"))
     })
     .await;
     assert!(writes(&leader).await > 0.0);
-    assert_eq!(
-        writes(&standby).await,
-        0.0,
-        "the standby wrote while the leader held the lease"
-    );
+    assert_eq!(writes(&standby).await, 0.0, "the standby wrote while the leader held the lease");
 
     // A clean shutdown releases the lease: the standby takes over at once and serves changes.
     assert!(leader.terminate(), "the leader exits cleanly on SIGTERM");
-    wait_for("the standby to lead", Duration::from_secs(20), || async {
-        leader_of(&standby).await.then_some(())
-    })
-    .await;
+    wait_for("the standby to lead", Duration::from_secs(20), || async { leader_of(&standby).await.then_some(()) })
+        .await;
     kubectl(&[
         "patch",
         "mlmodel",
@@ -852,21 +572,15 @@ async fn two_replicas_with_leader_election_never_both_write() {
     ])
     .unwrap();
     wait_for("v3 Ready through the new leader", T, || async {
-        models.get("iris").await.ok().filter(|m| {
-            is_ready(m) && m.status.as_ref().unwrap().model_version.as_deref() == Some("v3")
-        })
+        models
+            .get("iris")
+            .await
+            .ok()
+            .filter(|m| is_ready(m) && m.status.as_ref().unwrap().model_version.as_deref() == Some("v3"))
     })
     .await;
-    let lease = kubectl(&[
-        "get",
-        "lease",
-        &opts.lease_name,
-        "-n",
-        &ns.name,
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ])
-    .unwrap();
+    let lease =
+        kubectl(&["get", "lease", &opts.lease_name, "-n", &ns.name, "-o", "jsonpath={.spec.holderIdentity}"]).unwrap();
     assert!(lease.starts_with("replica-"), "{lease}");
 }
 
@@ -875,7 +589,6 @@ async fn leader_of(op: &Operator) -> bool {
 }
 
 async fn writes(op: &Operator) -> f64 {
-    op.metric(r#"modelship_operator_applies_total{action="apply Deployment"}"#)
-        .await
+    op.metric(r#"modelship_operator_applies_total{action="apply Deployment"}"#).await
         + op.metric("modelship_operator_status_writes_total").await
 }

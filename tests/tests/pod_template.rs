@@ -9,59 +9,29 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use modelship_crds::MLModel;
-use modelship_tests::{
-    Operator, OperatorOptions, TestNamespace, binary, client, free_port, kubectl, root, wait_for,
-};
+use modelship_tests::{Operator, OperatorOptions, TestNamespace, binary, client, free_port, kubectl, root, wait_for};
 
 #[tokio::test]
 async fn the_generated_pod_spec_serves_predictions() {
     let c = client().await;
-    kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        root().join("crds/mlmodel.yaml").to_str().unwrap(),
-    ])
-    .unwrap();
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/mlmodels.modelship.dev",
-        "--timeout=60s",
-    ])
-    .unwrap();
+    kubectl(&["apply", "--server-side", "--force-conflicts", "-f", root().join("crds/mlmodel.yaml").to_str().unwrap()])
+        .unwrap();
+    kubectl(&["wait", "--for=condition=Established", "crd/mlmodels.modelship.dev", "--timeout=60s"]).unwrap();
     let ns = TestNamespace::new(&c, "podspec").await;
     let _op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
-    kubectl(&[
-        "apply",
-        "-n",
-        &ns.name,
-        "-f",
-        root().join("examples/iris.yaml").to_str().unwrap(),
-    ])
-    .unwrap();
+    kubectl(&["apply", "-n", &ns.name, "-f", root().join("examples/iris.yaml").to_str().unwrap()]).unwrap();
     let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
     wait_for("iris Ready", Duration::from_secs(60), || async {
-        models.get("iris").await.ok().filter(|m| {
-            m.status
-                .as_ref()
-                .and_then(|s| s.condition("Ready"))
-                .is_some_and(|c| c.status == "True")
-        })
+        models
+            .get("iris")
+            .await
+            .ok()
+            .filter(|m| m.status.as_ref().and_then(|s| s.condition("Ready")).is_some_and(|c| c.status == "True"))
     })
     .await;
 
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
-    let pod = deployments
-        .get("iris")
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap();
+    let pod = deployments.get("iris").await.unwrap().spec.unwrap().template.spec.unwrap();
     let container = &pod.containers[0];
     let dir = std::env::temp_dir().join(format!("modelship-podspec-{}", ns.name));
     std::fs::create_dir_all(&dir).unwrap();
@@ -70,12 +40,7 @@ async fn the_generated_pod_spec_serves_predictions() {
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), &ns.name);
     let mut mounts = Vec::new();
     for m in container.volume_mounts.iter().flatten() {
-        let volume = pod
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == m.name)
-            .unwrap();
+        let volume = pod.volumes.iter().flatten().find(|v| v.name == m.name).unwrap();
         let Some(cm_source) = &volume.config_map else {
             continue;
         };
@@ -104,11 +69,7 @@ async fn the_generated_pod_spec_serves_predictions() {
     let i = args.iter().position(|a| a == "--port").unwrap();
     args[i + 1] = port.to_string();
     let mut cmd = Command::new(binary("modelship-server"));
-    cmd.args(&args)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args(&args).env_clear().env("PATH", "/usr/bin:/bin").stdout(Stdio::null()).stderr(Stdio::piped());
     for e in container.env.iter().flatten() {
         cmd.env(&e.name, e.value.clone().unwrap_or_default());
     }
@@ -116,24 +77,10 @@ async fn the_generated_pod_spec_serves_predictions() {
 
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    wait_for(
-        "the server's readiness probe path",
-        Duration::from_secs(20),
-        || async {
-            let probe = container
-                .readiness_probe
-                .as_ref()?
-                .http_get
-                .as_ref()?
-                .path
-                .clone()?;
-            http.get(format!("{base}{probe}"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        },
-    )
+    wait_for("the server's readiness probe path", Duration::from_secs(20), || async {
+        let probe = container.readiness_probe.as_ref()?.http_get.as_ref()?.path.clone()?;
+        http.get(format!("{base}{probe}")).send().await.ok().filter(|r| r.status().is_success())
+    })
     .await;
     let resp = http
         .post(format!("{base}/predict"))
@@ -146,36 +93,18 @@ async fn the_generated_pod_spec_serves_predictions() {
     assert_eq!(resp.headers()["x-model-name"], "iris");
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body, serde_json::json!({"prediction": [0]}));
-    let ready: serde_json::Value = http
-        .get(format!("{base}/v2/models/iris/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: serde_json::Value =
+        http.get(format!("{base}/v2/models/iris/ready")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["ready"], true);
 
     // The checksum in the pod spec is really checked: a tampered file makes the server exit 1.
     let _ = server.kill();
     let _ = server.wait();
     let model_path = &args[args.iter().position(|a| a == "--model").unwrap() + 1];
-    std::fs::write(
-        model_path,
-        std::fs::read_to_string(model_path)
-            .unwrap()
-            .replace("setosa", "setosb"),
-    )
-    .unwrap();
-    let out = Command::new(binary("modelship-server"))
-        .args(&args)
-        .output()
-        .unwrap();
+    std::fs::write(model_path, std::fs::read_to_string(model_path).unwrap().replace("setosa", "setosb")).unwrap();
+    let out = Command::new(binary("modelship-server")).args(&args).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("model failed to load: model checksum mismatch"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("model failed to load: model checksum mismatch"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -34,21 +34,13 @@ pub fn argocd_model() -> MLModel {
         ("team".into(), "fraud".into()),
     ]));
     m.metadata.annotations = Some(BTreeMap::from([
-        (
-            "argocd.argoproj.io/tracking-id".into(),
-            "models-prod:modelship.dev/MLModel:ml/iris".into(),
-        ),
+        ("argocd.argoproj.io/tracking-id".into(), "models-prod:modelship.dev/MLModel:ml/iris".into()),
         ("argocd.argoproj.io/sync-wave".into(), "2".into()),
-        (
-            "kubectl.kubernetes.io/last-applied-configuration".into(),
-            "{}".into(),
-        ),
+        ("kubectl.kubernetes.io/last-applied-configuration".into(), "{}".into()),
     ]));
     m
 }
 
 pub fn settings() -> Settings {
-    Settings {
-        server_image: "ghcr.io/modelship/modelship-server:test".into(),
-    }
+    Settings { server_image: "ghcr.io/modelship/modelship-server:test".into() }
 }
