@@ -113,15 +113,12 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     ready.store(true, Ordering::Relaxed);
 
     let shutdown = tokio_util_shutdown();
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        settings: Settings { server_image: flags.server_image.clone() },
-        metrics: metrics.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter { controller: "modelship-operator".into(), instance: Some(identity.clone()) },
-        ),
-    });
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter { controller: "modelship-operator".into(), instance: Some(identity.clone()) },
+    );
+    let settings = Settings { server_image: flags.server_image.clone() };
+    let ctx = Arc::new(Context::new(client.clone(), settings, metrics.clone(), recorder));
     info!(namespace = flags.namespace.as_deref().unwrap_or("<all>"), server_image = %flags.server_image, %identity, "operator started");
 
     let Some(mut elector) = elector else {

@@ -33,6 +33,19 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// Consecutive failures per MLModel, for exponential backoff.
+    pub failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<MLModel>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>, recorder: Recorder) -> Self {
+        Self { client, settings, metrics, recorder, failures: Default::default() }
+    }
+}
+
+/// Delay before retrying after the `n`th consecutive failure: 5 s, 10 s, 20 s, ... up to 5 min.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs(5u64.saturating_mul(1 << n.saturating_sub(1).min(6)).min(300))
 }
 
 /// Requeue while a model is not Ready: catches crash loops that change no Deployment status.
@@ -46,6 +59,15 @@ const HANDOVER_MANAGER: &str = "modelship-operator-handover";
 
 pub async fn reconcile(model: Arc<MLModel>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer();
+    let action = reconcile_inner(&model, &ctx).await?;
+    if let Ok(mut f) = ctx.failures.lock() {
+        f.remove(&ObjectRef::from_obj(model.as_ref()));
+    }
+    Ok(action)
+}
+
+/// The reconcile proper; `reconcile` wraps it with timing and backoff bookkeeping.
+async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, Error> {
     let ns = model.namespace().ok_or(Error::MissingNamespace)?;
     let name = model.name_any();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
@@ -55,14 +77,14 @@ pub async fn reconcile(model: Arc<MLModel>, ctx: Arc<Context>) -> Result<Action,
 
     let deployment = match &resolved {
         Ok((uri, version)) => {
-            let desired_deploy = desired::deployment(&model, uri, &ctx.settings, version);
-            apply(&ctx, &ns, &desired::service(&model), "apply Service").await?;
+            let desired_deploy = desired::deployment(model, uri, &ctx.settings, version);
+            apply(ctx, &ns, &desired::service(model), "apply Service").await?;
             if model.spec.autoscaling.is_some() {
                 hand_over_replicas(&deployments, &name, before.as_ref()).await?;
             }
-            let live: Deployment = apply(&ctx, &ns, &desired_deploy, "apply Deployment").await?;
-            sync_hpa(&ctx, &model, &ns).await?;
-            announce_rollout(&ctx, &model, before.as_ref(), &desired_deploy).await;
+            let live: Deployment = apply(ctx, &ns, &desired_deploy, "apply Deployment").await?;
+            sync_hpa(ctx, model, &ns).await?;
+            announce_rollout(ctx, model, before.as_ref(), &desired_deploy).await;
             Some(live)
         }
         // Keep whatever is serving: a broken source never replaces a working version.
@@ -70,17 +92,17 @@ pub async fn reconcile(model: Arc<MLModel>, ctx: Arc<Context>) -> Result<Action,
     };
 
     let rollout = status::rollout(deployment.as_ref());
-    let pods = if rollout == Rollout::Complete { Vec::new() } else { list_pods(&ctx, &model, &ns).await? };
+    let pods = if rollout == Rollout::Complete { Vec::new() } else { list_pods(ctx, model, &ns).await? };
     let observed = Observed { deployment: deployment.as_ref(), pods: &pods, source_problem: resolved.as_ref().err() };
     let now = Time(jiff::Timestamp::now());
-    let mut new_status = status::compute(&model, &observed, &now);
+    let mut new_status = status::compute(model, &observed, &now);
     status::keep_transition_times(model.status.as_ref(), &mut new_status);
     if model.status.as_ref() != Some(&new_status) {
-        write_status(&ctx, &model, &ns, &new_status).await?;
-        announce_conditions(&ctx, &model, model.status.as_ref(), &new_status).await;
+        write_status(ctx, model, &ns, &new_status).await?;
+        announce_conditions(ctx, model, model.status.as_ref(), &new_status).await;
     }
 
-    Ok(Action::requeue(if !status::is_ready(&model, &new_status) {
+    Ok(Action::requeue(if !status::is_ready(model, &new_status) {
         REQUEUE_NOT_READY
     } else if model.spec.autoscaling.is_some() {
         REQUEUE_AUTOSCALED
@@ -104,7 +126,16 @@ pub fn error_policy(model: Arc<MLModel>, error: &Error, ctx: Arc<Context>) -> Ac
         };
         let _ = recorder.publish(&ev, &reference).await;
     });
-    Action::requeue(Duration::from_secs(10))
+    let n = ctx
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(ObjectRef::from_obj(model.as_ref())).or_insert(0);
+            *n += 1;
+            *n
+        })
+        .unwrap_or(1);
+    Action::requeue(backoff(n))
 }
 
 /// Server-side apply of one of our objects, forced (we revert other writers' edits).

@@ -225,3 +225,31 @@ fn service_and_url() {
     assert_eq!(desired::service(&m).spec.unwrap().type_.as_deref(), Some("NodePort"));
     assert_eq!(desired::service_url(&m), "http://iris.ml.svc:8000");
 }
+
+#[test]
+fn backoff_grows_and_is_capped() {
+    use modelship_operator::reconcile::backoff;
+    let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+    assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+}
+
+#[test]
+fn replicas_ownership_is_read_from_managed_fields() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+    use modelship_operator::reconcile::we_own_replicas;
+    let entry = |manager: &str, fields: serde_json::Value| ManagedFieldsEntry {
+        manager: Some(manager.into()),
+        operation: Some("Apply".into()),
+        fields_v1: Some(FieldsV1(fields)),
+        ..Default::default()
+    };
+    let mut d = build(&model("configmap://iris-model/model.json"));
+    d.metadata.managed_fields =
+        Some(vec![entry("modelship-operator", serde_json::json!({"f:spec": {"f:replicas": {}}}))]);
+    assert!(we_own_replicas(&d));
+    d.metadata.managed_fields = Some(vec![
+        entry("modelship-operator", serde_json::json!({"f:spec": {"f:template": {}}})),
+        entry("kube-controller-manager", serde_json::json!({"f:spec": {"f:replicas": {}}})),
+    ]);
+    assert!(!we_own_replicas(&d));
+}

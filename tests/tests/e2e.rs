@@ -66,6 +66,21 @@ async fn iris(c: &Client, ns: &TestNamespace) -> (Api<MLModel>, MLModel) {
 }
 
 #[tokio::test]
+async fn the_cluster_runs_the_pinned_version_with_a_ready_node() {
+    let (c, _ns) = setup("version").await;
+    // tests/run sets this from tests/cluster/versions.env; the kind workflow from its node image.
+    let want = std::env::var("MODELSHIP_EXPECT_K8S_VERSION")
+        .expect("MODELSHIP_EXPECT_K8S_VERSION names the expected server version");
+    assert_eq!(c.apiserver_version().await.unwrap().git_version, want);
+    let version = kubectl(&["version", "-o", "json"]).unwrap();
+    let version: serde_json::Value = serde_json::from_str(&version).unwrap();
+    assert_eq!(version["serverVersion"]["gitVersion"], want.as_str(), "kubectl version reports the pinned version");
+    let nodes =
+        kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}"]).unwrap();
+    assert!(nodes.split_whitespace().any(|s| s == "True"), "a Ready node: {nodes}");
+}
+
+#[tokio::test]
 async fn crd_is_established_and_documented() {
     let (_c, _ns) = setup("crd").await;
     let crd = kubectl(&[
