@@ -162,9 +162,14 @@ np.savetxt({csv_in!r}, x, fmt="%.2f", delimiter=",", header="{','.join(FEATURES)
 """], check=True)
     model_json = os.path.join(args.work, "iris.json")
     t0 = time.perf_counter()
-    subprocess.run([args.server_bin, "batch", "--model", model_json, "--input", csv_in, "--output",
-                    os.path.join(args.work, "out-modelship.csv")], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([args.server_bin, "batch", "--model", model_json, "--input", csv_in, "--output",
+                             os.path.join(args.work, "out-modelship.csv")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
     ours = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"modelship-server batch failed with {proc.returncode}")
+    peak_mib = usage.ru_maxrss / 1024
     t0 = time.perf_counter()
     subprocess.run([py, os.path.join(HERE, "batch_pandas.py"), pkl, csv_in, os.path.join(args.work, "out-pandas.csv")],
                    check=True, stdout=subprocess.DEVNULL)
@@ -172,7 +177,8 @@ np.savetxt({csv_in!r}, x, fmt="%.2f", delimiter=",", header="{','.join(FEATURES)
     lines = [sum(1 for _ in open(os.path.join(args.work, f))) for f in ("out-modelship.csv", "out-pandas.csv")]
     if lines[0] != lines[1] or lines[0] != args.rows + 1:
         raise SystemExit(f"batch outputs have {lines} lines, expected {args.rows + 1}")
-    return {"rows": args.rows, "modelship_s": ours, "pandas_s": theirs}
+    return {"rows": args.rows, "modelship_s": ours, "pandas_s": theirs, "modelship_peak_mib": peak_mib,
+            "input_mib": os.path.getsize(csv_in) / 2**20}
 
 
 def main():
@@ -212,7 +218,8 @@ def main():
               f"{l[8]['p50_ms']:>7.3f} {l[8]['p99_ms']:>7.3f} {l[64]['p50_ms']:>7.3f} {l[64]['p99_ms']:>7.3f}    | "
               f"{r['rss_mib']:>8.1f} {r['cold_ms']:>8.1f}")
     print(f"\nbatch: {ba['rows']} rows: modelship {ba['modelship_s']:.2f}s ({ba['rows'] / ba['modelship_s']:.0f} rows/s), "
-          f"pandas + scikit-learn {ba['pandas_s']:.2f}s ({ba['rows'] / ba['pandas_s']:.0f} rows/s)")
+          f"pandas + scikit-learn {ba['pandas_s']:.2f}s ({ba['rows'] / ba['pandas_s']:.0f} rows/s); "
+          f"modelship peak memory {ba['modelship_peak_mib']:.1f} MiB for a {ba['input_mib']:.0f} MiB input")
 
     tp = lambda r: r["throughput"][64]["rps"]  # noqa: E731
     checks = [
@@ -223,6 +230,7 @@ def main():
         ("resident memory MiB", ms["rss_mib"], "<=", 20),
         ("cold start to first prediction ms", ms["cold_ms"], "<=", 50),
         ("batch rows/s vs pandas", ba["pandas_s"] / ba["modelship_s"], ">=", 2),
+        ("batch peak memory MiB (streams, bounded)", ba["modelship_peak_mib"], "<=", 64),
     ]
     print("\ntarget                                   measured      target  result")
     failed = 0

@@ -1,0 +1,279 @@
+//! The `modelship-server` binary itself: train, inspect, batch, serve (file and HTTP sources),
+//! one-line failures, and graceful shutdown on SIGTERM.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use modelship_server::model::{Model, Predictions};
+use modelship_server::{Artifact, train};
+
+const BIN: &str = env!("CARGO_BIN_EXE_modelship-server");
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("modelship-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn train_iris(dir: &Path) -> PathBuf {
+    let out = dir.join("iris.json");
+    let o = run(&["train", "--dataset", "iris", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Serving {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(extra: &[&str]) -> Serving {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Serving { child, port }
+}
+
+async fn wait_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "server on {port} never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn predict(port: u16, body: serde_json::Value) -> reqwest::Response {
+    reqwest::Client::new().post(format!("http://127.0.0.1:{port}/predict")).json(&body).send().await.unwrap()
+}
+
+#[test]
+fn train_and_inspect() {
+    let dir = tmp("inspect");
+    let model = train_iris(&dir);
+    let o = run(&["inspect", model.to_str().unwrap()]);
+    assert!(o.status.success());
+    let meta: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(meta["algorithm"], "logistic_regression");
+    assert_eq!(meta["feature_names"].as_array().unwrap().len(), 4);
+    assert_eq!(meta["class_names"], serde_json::json!(["setosa", "versicolor", "virginica"]));
+    assert_eq!(meta["training"]["holdout_metric"], "accuracy");
+    let bytes = std::fs::read(&model).unwrap();
+    assert_eq!(meta["sha256"], modelship_server::load::sha256_hex(&bytes));
+}
+
+#[test]
+fn train_from_csv_and_refuse_bad_csv() {
+    let dir = tmp("csv");
+    let csv = dir.join("fruit.csv");
+    let mut text = String::from("weight,sweetness,kind\n");
+    for i in 0..60 {
+        let (w, s, k) = if i % 2 == 0 { (100 + i, 2, "lemon") } else { (200 + i, 9, "mango") };
+        text.push_str(&format!("{w},{s},{k}\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let out = dir.join("fruit.json");
+    let o = run(&[
+        "train",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--target",
+        "kind",
+        "--algorithm",
+        "tree",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = Artifact::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(a.class_names, ["lemon", "mango"]);
+    assert_eq!(a.feature_names, ["weight", "sweetness"]);
+    assert_eq!(a.training.holdout_score, 1.0, "separable data");
+
+    let o = run(&["train", "--csv", csv.to_str().unwrap(), "--target", "colour", "--out", out.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no column \"colour\""));
+    std::fs::write(&csv, "a,b\n1,x\n2,y\n").unwrap();
+    let o = run(&[
+        "train",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--target",
+        "b",
+        "--algorithm",
+        "linear",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn batch_scores_every_row_like_the_model_and_keeps_other_columns() {
+    let dir = tmp("batch");
+    let model_path = train_iris(&dir);
+    let table = train::iris();
+    let input = dir.join("in.csv");
+    // Columns in another order than the model's, plus an id column to carry through.
+    let mut text = String::from("petal_width,id,sepal_length,petal_length,sepal_width\n");
+    for (i, r) in table.records.outer_iter().enumerate() {
+        text.push_str(&format!("{},row-{i},{},{},{}\n", r[3], r[0], r[2], r[1]));
+    }
+    std::fs::write(&input, text).unwrap();
+    let output = dir.join("out.csv");
+    let o = run(&[
+        "batch",
+        "--model",
+        model_path.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--chunk-rows",
+        "7",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("scored 150 rows"));
+
+    let model = Model::new(Artifact::from_slice(&std::fs::read(&model_path).unwrap()).unwrap(), None, None);
+    let Predictions::Classes(want) = model.predict(table.records.view()) else { panic!() };
+    let mut reader = csv::Reader::from_path(&output).unwrap();
+    assert_eq!(reader.headers().unwrap().iter().last(), Some("prediction"));
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 150);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(&row[1], format!("row-{i}"));
+        assert_eq!(row[5].parse::<usize>().unwrap(), want[i], "row {i}");
+    }
+
+    std::fs::write(&input, "sepal_length,sepal_width,petal_length,petal_width\n1,2,3,4\n1,2,x,4\n").unwrap();
+    let o = run(&[
+        "batch",
+        "--model",
+        model_path.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("row 3") && err.contains("\"x\""), "{err}");
+}
+
+/// The last line of stderr: the one-line reason a pod's termination message shows.
+fn reason(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_model_that_cannot_load_exits_1_with_a_one_line_reason() {
+    let dir = tmp("fail");
+    let model = train_iris(&dir);
+    let m = model.to_str().unwrap();
+    let o = run(&["serve", "--model", "/nonexistent/model.json", "--port", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(reason(&o).starts_with("modelship-server: model failed to load: cannot read model file"), "{}", reason(&o));
+    let o = run(&["serve", "--model", m, "--sha256", &"0".repeat(64), "--port", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(reason(&o).contains("checksum mismatch"), "{}", reason(&o));
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
+    v["format_version"] = 2.into();
+    let newer = dir.join("newer.json");
+    std::fs::write(&newer, v.to_string()).unwrap();
+    let o = run(&["serve", "--model", newer.to_str().unwrap(), "--port", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(reason(&o).contains("newer than this server supports"), "{}", reason(&o));
+}
+
+/// Serves `body` once per connection on loopback, as a model host would.
+async fn http_file_server(body: Vec<u8>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(&body).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn serves_a_model_fetched_over_http_checked_by_sha256() {
+    let dir = tmp("http");
+    let bytes = std::fs::read(train_iris(&dir)).unwrap();
+    let sha = modelship_server::load::sha256_hex(&bytes);
+    let port = http_file_server(bytes).await;
+    let url = format!("http://127.0.0.1:{port}/models/iris.json");
+    let s = serve(&["--model", &url, "--sha256", &sha, "--model-version", "v3"]);
+    wait_ready(s.port).await;
+    let r = predict(s.port, serde_json::json!({"features": [5.1, 3.5, 1.4, 0.2]})).await;
+    assert_eq!(r.headers()["x-model-version"], "v3");
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap(), serde_json::json!({"prediction": [0]}));
+
+    let o = tokio::task::spawn_blocking(move || {
+        run(&["serve", "--model", &url, "--sha256", &"f".repeat(64), "--port", "0"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(reason(&o).contains("checksum mismatch"), "{}", reason(&o));
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_exits_0() {
+    let dir = tmp("sigterm");
+    let model = train_iris(&dir);
+    let mut s = serve(&["--model", model.to_str().unwrap(), "--drain-seconds", "1"]);
+    wait_ready(s.port).await;
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ready = reqwest::get(format!("http://127.0.0.1:{}/readyz", s.port)).await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready while draining, so endpoints drop the pod");
+    let r = predict(s.port, serde_json::json!({"features": [5.1, 3.5, 1.4, 0.2]})).await;
+    assert_eq!(r.status(), 200, "still serving while draining");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "did not exit after draining");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+}
