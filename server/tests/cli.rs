@@ -164,7 +164,7 @@ fn batch_scores_every_row_like_the_model_and_keeps_other_columns() {
     let model = Model::new(Artifact::from_slice(&std::fs::read(&model_path).unwrap()).unwrap(), None, None);
     let Predictions::Classes(want) = model.predict(table.records.view()) else { panic!() };
     let mut reader = csv::Reader::from_path(&output).unwrap();
-    assert_eq!(reader.headers().unwrap().iter().last(), Some("prediction"));
+    assert_eq!(reader.headers().unwrap().iter().next_back(), Some("prediction"));
     let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
     assert_eq!(rows.len(), 150);
     for (i, row) in rows.iter().enumerate() {
