@@ -6,7 +6,8 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -96,13 +97,32 @@ async fn model_ready_versioned(
     Ok(json_from_model(model, &json!({"name": model.name, "ready": true})))
 }
 
+/// Header of the binary tensor data extension: the length of the JSON part of the body.
+const INFERENCE_HEADER: &str = "inference-header-content-length";
+
 #[derive(Deserialize)]
 struct InferRequest {
     #[serde(default)]
     id: Option<String>,
+    #[serde(default)]
+    parameters: Parameters,
     inputs: Vec<InputTensor>,
     #[serde(default)]
     outputs: Option<Vec<RequestedOutput>>,
+}
+
+/// The `parameters` we understand (of the request, an input, or a requested output).
+#[derive(Deserialize, Default)]
+struct Parameters {
+    /// Input: this many bytes of the binary part hold the tensor.
+    #[serde(default)]
+    binary_data_size: Option<usize>,
+    /// Requested output: send it as binary.
+    #[serde(default)]
+    binary_data: Option<bool>,
+    /// Request: send every output as binary.
+    #[serde(default)]
+    binary_data_output: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -110,12 +130,17 @@ struct InputTensor {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    data: Value,
+    #[serde(default)]
+    parameters: Parameters,
+    #[serde(default)]
+    data: Option<Value>,
 }
 
 #[derive(Deserialize)]
 struct RequestedOutput {
     name: String,
+    #[serde(default)]
+    parameters: Parameters,
 }
 
 #[derive(Serialize)]
@@ -123,7 +148,104 @@ struct OutputTensor {
     name: &'static str,
     datatype: &'static str,
     shape: Vec<usize>,
-    data: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Value>,
+}
+
+/// An output's values, kept typed until we know whether it goes out as JSON or binary.
+enum OutputData {
+    Int64(Vec<i64>),
+    Fp64(Vec<f64>),
+}
+
+impl OutputData {
+    fn json(&self) -> Value {
+        match self {
+            Self::Int64(v) => json!(v),
+            Self::Fp64(v) => json!(v),
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            Self::Int64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Self::Fp64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+}
+
+/// Splits a body into its JSON part and the binary tensor data that follows it.
+fn split_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ApiError> {
+    let Some(v) = headers.get(INFERENCE_HEADER) else { return Ok((body, &[])) };
+    let n: usize = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| ApiError::BadRequest(format!("{INFERENCE_HEADER} must be a byte count")))?;
+    if n > body.len() {
+        return Err(ApiError::BadRequest(format!("{INFERENCE_HEADER} is {n} but the body has {} bytes", body.len())));
+    }
+    Ok(body.split_at(n))
+}
+
+/// Size in bytes of one element of a numeric datatype.
+fn element_size(datatype: &str) -> usize {
+    match datatype {
+        "INT8" | "UINT8" => 1,
+        "FP16" | "INT16" | "UINT16" => 2,
+        "FP32" | "INT32" | "UINT32" => 4,
+        _ => 8,
+    }
+}
+
+/// IEEE 754 half precision to f64.
+fn f16_to_f64(bits: u16) -> f64 {
+    let sign = if bits & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = i32::from((bits >> 10) & 0x1f);
+    let frac = f64::from(bits & 0x3ff);
+    match exp {
+        0 => sign * frac * 2f64.powi(-24),
+        31 => {
+            if frac == 0.0 {
+                sign * f64::INFINITY
+            } else {
+                f64::NAN
+            }
+        }
+        e => sign * (1.0 + frac / 1024.0) * 2f64.powi(e - 15),
+    }
+}
+
+/// Decodes little-endian binary tensor data of a numeric datatype.
+fn decode_binary(datatype: &str, bytes: &[u8]) -> Result<Vec<f64>, String> {
+    let size = element_size(datatype);
+    if !bytes.len().is_multiple_of(size) {
+        return Err(format!("{} bytes are not whole {datatype} elements", bytes.len()));
+    }
+    let values = bytes.chunks_exact(size).map(|c| {
+        let mut b = [0u8; 8];
+        b[..size].copy_from_slice(c);
+        match datatype {
+            "FP16" => f16_to_f64(u16::from_le_bytes([b[0], b[1]])),
+            "FP32" => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            "FP64" => f64::from_le_bytes(b),
+            "INT8" => f64::from(c[0] as i8),
+            "INT16" => f64::from(i16::from_le_bytes([b[0], b[1]])),
+            "INT32" => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            "INT64" => i64::from_le_bytes(b) as f64,
+            "UINT8" => f64::from(c[0]),
+            "UINT16" => f64::from(u16::from_le_bytes([b[0], b[1]])),
+            "UINT32" => f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            _ => u64::from_le_bytes(b) as f64,
+        }
+    });
+    let values: Vec<f64> = values.collect();
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err("data values must be finite numbers".into());
+    }
+    Ok(values)
 }
 
 /// Flattens nested `data` arrays (row-major) into numbers, checking the datatype.
@@ -163,8 +285,9 @@ fn kind(v: &Value) -> &'static str {
 const NUMERIC: &[&str] =
     &["FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"];
 
-/// Turns the one input tensor into rows, checking datatype, shape and data length.
-fn input_rows(model: &Model, input: &InputTensor) -> Result<Rows, ApiError> {
+/// Turns the one input tensor into rows, checking datatype, shape and data length. `binary` is
+/// the binary part of the body, for inputs sent with the binary tensor data extension.
+fn input_rows(model: &Model, input: &InputTensor, binary: &[u8]) -> Result<Rows, ApiError> {
     let bad = |m: String| ApiError::BadRequest(format!("input {:?}: {m}", input.name));
     if !NUMERIC.contains(&input.datatype.as_str()) {
         return Err(bad(format!("datatype {} is not supported; use FP32, FP64 or INT*", input.datatype)));
@@ -179,8 +302,20 @@ fn input_rows(model: &Model, input: &InputTensor) -> Result<Rows, ApiError> {
             return Err(bad(format!("shape {other:?} must be [features] or [rows, features]")));
         }
     };
-    let mut data = Vec::with_capacity(n_rows.saturating_mul(n_cols).min(1 << 20));
-    flatten(&input.data, &input.datatype, &mut data).map_err(bad)?;
+    let data = match (input.parameters.binary_data_size, &input.data) {
+        (Some(size), _) => {
+            let bytes = binary.get(..size).ok_or_else(|| {
+                bad(format!("binary_data_size {size} exceeds the {} binary bytes sent", binary.len()))
+            })?;
+            decode_binary(&input.datatype, bytes).map_err(bad)?
+        }
+        (None, Some(values)) => {
+            let mut data = Vec::with_capacity(n_rows.saturating_mul(n_cols).min(1 << 20));
+            flatten(values, &input.datatype, &mut data).map_err(bad)?;
+            data
+        }
+        (None, None) => return Err(bad("has neither \"data\" nor parameters.binary_data_size".into())),
+    };
     if data.len() != n_rows.saturating_mul(n_cols) {
         return Err(bad(format!("shape {:?} needs {} values, data has {}", input.shape, n_rows * n_cols, data.len())));
     }
@@ -193,72 +328,96 @@ fn input_rows(model: &Model, input: &InputTensor) -> Result<Rows, ApiError> {
 async fn infer(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    run_infer(&state, &name, None, body)
+    run_infer(&state, &name, None, &headers, body)
 }
 
 async fn infer_versioned(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    run_infer(&state, &name, Some(&version), body)
+    run_infer(&state, &name, Some(&version), &headers, body)
 }
 
 fn run_infer(
     state: &AppState,
     name: &str,
     version: Option<&str>,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(state, body)?;
     let model = lookup(state, name, version)?;
-    let req: InferRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))?;
+    let (json_part, binary) = split_body(headers, &body)?;
+    let req: InferRequest = serde_json::from_slice(json_part)
+        .map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))?;
     let [input] = req.inputs.as_slice() else {
         return Err(ApiError::BadRequest(format!("expected exactly one input tensor, got {}", req.inputs.len())));
     };
-    let rows = input_rows(model, input)?;
+    let rows = input_rows(model, input, binary)?;
     model.check(rows.matrix.view(), state.limits.max_rows)?;
 
-    let wanted: Vec<String> = match &req.outputs {
-        Some(outs) if !outs.is_empty() => outs.iter().map(|o| o.name.clone()).collect(),
-        _ => vec![PREDICT.to_string()],
+    let all_binary = req.parameters.binary_data_output.unwrap_or(false);
+    let wanted: Vec<(String, bool)> = match &req.outputs {
+        Some(outs) if !outs.is_empty() => {
+            outs.iter().map(|o| (o.name.clone(), o.parameters.binary_data.unwrap_or(all_binary))).collect()
+        }
+        _ => vec![(PREDICT.to_string(), all_binary)],
     };
     let n = rows.n_rows();
     let mut outputs = Vec::with_capacity(wanted.len());
-    for out in &wanted {
-        match out.as_str() {
+    let mut blobs = Vec::new();
+    for (out, binary_out) in &wanted {
+        let (name, datatype, shape, data) = match out.as_str() {
             PREDICT => {
                 let p = model.predict(rows.matrix.view());
                 state.metrics.predicted(&p);
                 let data = match p {
-                    Predictions::Classes(c) => json!(c),
-                    Predictions::Values(v) => json!(v),
+                    Predictions::Classes(c) => OutputData::Int64(c.into_iter().map(|x| x as i64).collect()),
+                    Predictions::Values(v) => OutputData::Fp64(v),
                 };
-                outputs.push(OutputTensor { name: PREDICT, datatype: predict_datatype(model), shape: vec![n], data });
+                (PREDICT, predict_datatype(model), vec![n], data)
             }
             PREDICT_PROBA => {
                 let p = model.predict_proba(rows.matrix.view())?;
                 let shape = vec![n, p.ncols()];
-                outputs.push(OutputTensor {
-                    name: PREDICT_PROBA,
-                    datatype: "FP64",
-                    shape,
-                    data: json!(p.iter().collect::<Vec<_>>()),
-                });
+                (PREDICT_PROBA, "FP64", shape, OutputData::Fp64(p.iter().copied().collect()))
             }
             other => {
                 return Err(ApiError::BadRequest(format!(
                     "unknown output {other:?}; outputs are {PREDICT:?} and {PREDICT_PROBA:?}"
                 )));
             }
+        };
+        if *binary_out {
+            let bytes = data.bytes();
+            let parameters = Some(json!({"binary_data_size": bytes.len()}));
+            outputs.push(OutputTensor { name, datatype, shape, parameters, data: None });
+            blobs.push(bytes);
+        } else {
+            outputs.push(OutputTensor { name, datatype, shape, parameters: None, data: Some(data.json()) });
         }
     }
     let mut resp = json!({"model_name": model.name, "model_version": model.version, "outputs": outputs});
     if let Some(id) = req.id {
         resp["id"] = json!(id);
     }
-    Ok(json_from_model(model, &resp))
+    if blobs.is_empty() {
+        return Ok(json_from_model(model, &resp));
+    }
+    // Binary tensor data extension: the JSON header, then each binary output in order.
+    let mut body = serde_json::to_vec(&resp).unwrap_or_default();
+    let header_len = body.len();
+    blobs.iter().for_each(|b| body.extend_from_slice(b));
+    let mut response = json_from_model(model, &());
+    *response.body_mut() = axum::body::Body::from(body);
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(INFERENCE_HEADER, HeaderValue::from(header_len));
+    h.remove(header::CONTENT_LENGTH);
+    Ok(response.into_response())
 }

@@ -433,3 +433,52 @@ mod fuzz {
         }
     }
 }
+
+#[tokio::test]
+async fn v2_binary_tensor_data_extension_in_and_out() {
+    let s = state();
+    let rows: [[f32; 4]; 2] = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]];
+    let blob: Vec<u8> = rows.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+    let header = json!({
+        "inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32", "parameters": {"binary_data_size": blob.len()}}],
+        "outputs": [{"name": "predict", "parameters": {"binary_data": true}}, {"name": "predict_proba"}],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&blob);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/v2/models/iris/infer")
+        .header("content-type", "application/octet-stream")
+        .header("inference-header-content-length", header.len())
+        .body(Body::from(body))
+        .unwrap();
+    let resp = app(s.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let json_len: usize = resp.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let (head, tail) = bytes.split_at(json_len);
+    let v: Value = serde_json::from_slice(head).unwrap();
+    assert_eq!(v["outputs"][0]["parameters"]["binary_data_size"], 16);
+    assert!(v["outputs"][0].get("data").is_none(), "binary outputs carry no JSON data");
+    let predicted: Vec<i64> = tail.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+    assert_eq!(predicted, [0, 2]);
+    assert_eq!(v["outputs"][1]["shape"], json!([2, 3]), "a JSON output next to a binary one");
+
+    // A size that overruns the body, and a header longer than the body, are 400s.
+    let bad = |hdr_len: usize, size: usize| {
+        let header = json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": size}}]}).to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend_from_slice(&[0u8; 16]);
+        Request::builder()
+            .method(Method::POST)
+            .uri("/v2/models/iris/infer")
+            .header("inference-header-content-length", if hdr_len == 0 { header.len() } else { hdr_len })
+            .body(Body::from(body))
+            .unwrap()
+    };
+    for req in [bad(0, 64), bad(100_000, 16)] {
+        let resp = app(s.clone()).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    }
+}
