@@ -24,13 +24,26 @@ pub enum BatchError {
 pub struct BatchReport {
     pub rows: u64,
     pub seconds: f64,
+    /// Peak resident memory of this process, where the OS tells it (Linux).
+    pub peak_rss_mib: Option<f64>,
 }
 
 impl fmt::Display for BatchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rate = if self.seconds > 0.0 { self.rows as f64 / self.seconds } else { 0.0 };
-        write!(f, "scored {} rows in {:.2}s ({:.0} rows/s)", self.rows, self.seconds, rate)
+        write!(f, "scored {} rows in {:.2}s ({:.0} rows/s)", self.rows, self.seconds, rate)?;
+        if let Some(mib) = self.peak_rss_mib {
+            write!(f, ", peak memory {mib:.1} MiB")?;
+        }
+        Ok(())
     }
+}
+
+/// Peak resident set size of this process (`VmHWM`), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Which input columns feed the model, in the model's feature order.
@@ -118,7 +131,7 @@ pub fn score_csv(model: &Model, input: &Path, output: &Path, chunk_rows: usize) 
     }
     writer.flush().map_err(|e| BatchError::Input(format!("{}: {e}", output.display())))?;
     progress.done(rows, start);
-    Ok(BatchReport { rows, seconds: start.elapsed().as_secs_f64() })
+    Ok(BatchReport { rows, seconds: start.elapsed().as_secs_f64(), peak_rss_mib: peak_rss_mib() })
 }
 
 fn fast_float(field: &[u8]) -> Option<f64> {

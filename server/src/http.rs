@@ -39,9 +39,47 @@ impl Default for Limits {
     }
 }
 
+/// Every route template, so metrics label requests with a `&'static str`.
+const ROUTES: &[&str] = &[
+    "/predict",
+    "/v1/models/{name}",
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2/models/{name}",
+    "/v2/models/{name}/versions/{version}",
+    "/v2/models/{name}/ready",
+    "/v2/models/{name}/versions/{version}/ready",
+    "/v2/models/{name}/infer",
+    "/v2/models/{name}/versions/{version}/infer",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+
+/// The route's index in [`ROUTES`] (`ROUTES.len()` for an unmatched path) and its label.
+fn route_label(path: Option<&MatchedPath>) -> (usize, &'static str) {
+    path.and_then(|p| ROUTES.iter().position(|r| *r == p.as_str()))
+        .map_or((ROUTES.len(), "unmatched"), |i| (i, ROUTES[i]))
+}
+
+/// Methods we label by name; anything else is `other`.
+const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"];
+
+fn method_label(m: &axum::http::Method) -> (usize, &'static str) {
+    METHODS.iter().position(|x| *x == m.as_str()).map_or((METHODS.len(), "other"), |i| (i, METHODS[i]))
+}
+
+/// The model being served and its response headers, built once at load.
+struct Served {
+    model: Model,
+    name: Option<HeaderValue>,
+    version: Option<HeaderValue>,
+}
+
 /// Shared state: the model once loaded, metrics, limits.
 pub struct AppState {
-    model: OnceLock<Model>,
+    model: OnceLock<Served>,
     draining: AtomicBool,
     pub metrics: Metrics,
     pub limits: Limits,
@@ -49,7 +87,8 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(limits: Limits) -> Arc<Self> {
-        Arc::new(Self { model: OnceLock::new(), draining: AtomicBool::new(false), metrics: Metrics::new(), limits })
+        let metrics = Metrics::new((ROUTES.len() + 1) * (METHODS.len() + 1));
+        Arc::new(Self { model: OnceLock::new(), draining: AtomicBool::new(false), metrics, limits })
     }
 
     /// A state with `model` already loaded.
@@ -62,7 +101,9 @@ impl AppState {
     /// Installs the loaded model; the server becomes ready. Later calls are ignored.
     pub fn set_model(&self, model: Model, load_seconds: f64) {
         self.metrics.model_loaded(&model, load_seconds);
-        let _ = self.model.set(model);
+        let name = HeaderValue::from_str(&model.name).ok();
+        let version = HeaderValue::from_str(&model.version).ok();
+        let _ = self.model.set(Served { model, name, version });
     }
 
     /// Marks the server as shutting down: `/readyz` turns 503, requests are still served.
@@ -71,7 +112,7 @@ impl AppState {
     }
 
     pub fn model(&self) -> Result<&Model, ApiError> {
-        self.model.get().ok_or(ApiError::NotReady)
+        self.model.get().map(|s| &s.model).ok_or(ApiError::NotReady)
     }
 
     /// The model, if `name` is the name it is served under.
@@ -100,15 +141,15 @@ pub fn app(state: Arc<AppState>) -> Router {
 
 /// Counts and times every request by route template, method and status.
 async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let endpoint = req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_string();
-    let method = req.method().as_str().to_string();
+    let (route, endpoint) = route_label(req.extensions().get::<MatchedPath>());
+    let (method_index, method) = method_label(req.method());
     let start = Instant::now();
     state.metrics.in_flight.inc();
     let resp = next.run(req).await;
     state.metrics.in_flight.dec();
     let labels = HttpLabels { endpoint, method, status: resp.status().as_u16() };
-    state.metrics.latency.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
-    state.metrics.requests.get_or_create(&labels).inc();
+    let slot = route * (METHODS.len() + 1) + method_index;
+    state.metrics.observe_request(slot, &labels, start.elapsed().as_secs_f64());
     resp
 }
 
@@ -123,19 +164,18 @@ pub(crate) fn body_bytes(state: &AppState, body: Result<Bytes, BytesRejection>) 
     })
 }
 
-/// A JSON response carrying the model name and version headers.
-pub(crate) fn json_from_model<T: Serialize>(model: &Model, body: &T) -> Response {
-    let mut resp = (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        serde_json::to_vec(body).unwrap_or_default(),
-    )
-        .into_response();
-    let headers = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&model.name) {
-        headers.insert(MODEL_NAME_HEADER, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&model.version) {
-        headers.insert(MODEL_VERSION_HEADER, v);
+/// A JSON response carrying the served model's name and version headers.
+pub(crate) fn json_from_model<T: Serialize>(state: &AppState, body: &T) -> Response {
+    let json = serde_json::to_vec(body).unwrap_or_default();
+    let mut resp = ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response();
+    if let Some(served) = state.model.get() {
+        let headers = resp.headers_mut();
+        if let Some(v) = &served.name {
+            headers.insert(MODEL_NAME_HEADER, v.clone());
+        }
+        if let Some(v) = &served.version {
+            headers.insert(MODEL_VERSION_HEADER, v.clone());
+        }
     }
     resp
 }
@@ -196,13 +236,13 @@ async fn predict(
     let model = state.model()?;
     let rows = rows_from_object(&body, "features").map_err(ApiError::BadRequest)?;
     let resp = run_prediction(&state, model, &rows.matrix, q.labels, q.proba)?;
-    Ok(json_from_model(model, &resp))
+    Ok(json_from_model(&state, &resp))
 }
 
 /// `GET /v1/models/{name}`: KServe V1 model status.
 async fn v1_model(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let model = state.model_named(&name)?;
-    Ok(json_from_model(model, &serde_json::json!({"name": model.name, "ready": true})))
+    Ok(json_from_model(&state, &serde_json::json!({"name": model.name, "ready": true})))
 }
 
 /// `POST /v1/models/{name}:predict {"instances": [[..]]}` → `{"predictions": [..]}`.
@@ -218,7 +258,7 @@ async fn v1_predict(
     let model = state.model_named(name)?;
     let rows = rows_from_object(&body, "instances").map_err(ApiError::BadRequest)?;
     let resp = run_prediction(&state, model, &rows.matrix, false, false)?;
-    Ok(json_from_model(model, &serde_json::json!({"predictions": resp.prediction})))
+    Ok(json_from_model(&state, &serde_json::json!({"predictions": resp.prediction})))
 }
 
 /// `GET /readyz`: 200 once the model is loaded, 503 before and while draining.

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the server, in the text exposition format at `GET /metrics`.
 
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -14,8 +15,8 @@ use crate::model::{Model, Predictions};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     /// The route template (`/v2/models/{name}/infer`), never the raw path: bounded cardinality.
-    pub endpoint: String,
-    pub method: String,
+    pub endpoint: &'static str,
+    pub method: &'static str,
     pub status: u16,
 }
 
@@ -52,16 +53,17 @@ pub struct Metrics {
     predictions: Family<PredictionLabels, Counter>,
     /// Per-class counters resolved once at load time, indexed by class id (one for regression).
     by_class: std::sync::OnceLock<Vec<Counter>>,
+    /// Request metric handles per (route, method) slot and common status, resolved on first use
+    /// so the hot path reads an atomic instead of locking and hashing the families.
+    request_cache: Vec<[OnceLock<(Counter, Histogram)>; CACHED_STATUSES.len()]>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// Statuses whose handles are cached; others go through the families.
+const CACHED_STATUSES: [u16; 7] = [200, 400, 404, 405, 413, 500, 503];
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// Metrics with `request_slots` cached (route, method) slots (see [`Metrics::observe_request`]).
+    pub fn new(request_slots: usize) -> Self {
         let mut registry = Registry::with_prefix("modelship");
         let requests = Family::<HttpLabels, Counter>::default();
         let latency = Family::<HttpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -72,6 +74,7 @@ impl Metrics {
         let load_seconds = Gauge::<f64, AtomicU64>::default();
         let info = Family::<InfoLabels, Gauge>::default();
         let predictions = Family::<PredictionLabels, Counter>::default();
+        let request_cache = (0..request_slots).map(|_| std::array::from_fn(|_| OnceLock::new())).collect();
         registry.register("http_requests", "HTTP requests by endpoint, method and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency", latency.clone());
         registry.register("http_requests_in_flight", "HTTP requests being served", in_flight.clone());
@@ -89,6 +92,29 @@ impl Metrics {
             info,
             predictions,
             by_class: Default::default(),
+            request_cache,
+        }
+    }
+
+    /// Counts a request and observes its latency. `slot` identifies (route, method) and must be
+    /// the same for equal `endpoint` and `method` labels.
+    pub fn observe_request(&self, slot: usize, labels: &HttpLabels, seconds: f64) {
+        let cell = CACHED_STATUSES
+            .iter()
+            .position(|s| *s == labels.status)
+            .and_then(|i| self.request_cache.get(slot).map(|cells| &cells[i]));
+        match cell {
+            Some(cell) => {
+                let (count, latency) = cell.get_or_init(|| {
+                    (self.requests.get_or_create_owned(labels), self.latency.get_or_create_owned(labels))
+                });
+                count.inc();
+                latency.observe(seconds);
+            }
+            None => {
+                self.requests.get_or_create(labels).inc();
+                self.latency.get_or_create(labels).observe(seconds);
+            }
         }
     }
 

@@ -91,8 +91,23 @@ impl Model {
     pub fn predict(&self, rows: ArrayView2<'_, f64>) -> Predictions {
         match &self.artifact.estimator {
             Estimator::LogisticRegression(m) => {
-                let y: Array1<usize> = m.predict(&rows);
-                Predictions::Classes(y.to_vec())
+                // linfa's rule (argmax of intercept + x·params, first on ties) without its
+                // per-call allocations; the tests check it against linfa's own `predict`.
+                let (params, intercept, classes) = (m.params(), m.intercept(), m.classes());
+                let ids = rows
+                    .outer_iter()
+                    .map(|row| {
+                        let mut best = (f64::NEG_INFINITY, 0);
+                        for (k, b) in intercept.iter().enumerate() {
+                            let z = b + row.dot(&params.column(k));
+                            if z > best.0 {
+                                best = (z, k);
+                            }
+                        }
+                        classes[best.1]
+                    })
+                    .collect();
+                Predictions::Classes(ids)
             }
             Estimator::DecisionTree(t) => {
                 let y: Array1<usize> = t.predict(&rows);

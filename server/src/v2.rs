@@ -73,7 +73,7 @@ fn metadata(model: &Model) -> Value {
 
 async fn model_metadata(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let model = lookup(&state, &name, None)?;
-    Ok(json_from_model(model, &metadata(model)))
+    Ok(json_from_model(&state, &metadata(model)))
 }
 
 async fn model_metadata_versioned(
@@ -81,12 +81,12 @@ async fn model_metadata_versioned(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let model = lookup(&state, &name, Some(&version))?;
-    Ok(json_from_model(model, &metadata(model)))
+    Ok(json_from_model(&state, &metadata(model)))
 }
 
 async fn model_ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Result<Response, ApiError> {
     let model = lookup(&state, &name, None)?;
-    Ok(json_from_model(model, &json!({"name": model.name, "ready": true})))
+    Ok(json_from_model(&state, &json!({"name": model.name, "ready": true})))
 }
 
 async fn model_ready_versioned(
@@ -94,7 +94,7 @@ async fn model_ready_versioned(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let model = lookup(&state, &name, Some(&version))?;
-    Ok(json_from_model(model, &json!({"name": model.name, "ready": true})))
+    Ok(json_from_model(&state, &json!({"name": model.name, "ready": true})))
 }
 
 /// Header of the binary tensor data extension: the length of the JSON part of the body.
@@ -407,13 +407,13 @@ fn run_infer(
         resp["id"] = json!(id);
     }
     if blobs.is_empty() {
-        return Ok(json_from_model(model, &resp));
+        return Ok(json_from_model(state, &resp));
     }
     // Binary tensor data extension: the JSON header, then each binary output in order.
     let mut body = serde_json::to_vec(&resp).unwrap_or_default();
     let header_len = body.len();
     blobs.iter().for_each(|b| body.extend_from_slice(b));
-    let mut response = json_from_model(model, &());
+    let mut response = json_from_model(state, &());
     *response.body_mut() = axum::body::Body::from(body);
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));

@@ -100,8 +100,13 @@ async fn all_150_iris_rows_agree_with_in_process_predictions() {
     let s = state();
     let table = train::iris();
     let rows: Vec<Vec<f64>> = table.records.outer_iter().map(|r| r.to_vec()).collect();
+    // The model's own in-process predictions, by linfa itself.
+    let modelship_server::artifact::Estimator::LogisticRegression(linfa_model) = &iris_artifact().estimator else {
+        panic!("a logistic regression")
+    };
+    let expected: Vec<usize> = linfa::prelude::Predict::predict(linfa_model, &table.records).to_vec();
     let model = Model::new(iris_artifact().clone(), None, None);
-    let Predictions::Classes(expected) = model.predict(table.records.view()) else { panic!("a classifier") };
+    assert_eq!(model.predict(table.records.view()), Predictions::Classes(expected.clone()), "fast path == linfa");
     let r = post(&s, "/predict", json!({"features": rows})).await;
     assert_eq!(r.json()["prediction"], json!(expected));
     // One row at a time too, through V2.
