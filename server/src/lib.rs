@@ -4,6 +4,7 @@
 //! `tower::ServiceExt::oneshot` without a socket.
 
 pub mod artifact;
+pub mod atomic_histogram;
 pub mod batch;
 pub mod error;
 pub mod features;

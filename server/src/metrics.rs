@@ -7,9 +7,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::atomic_histogram::AtomicHistogram as Histogram;
 use crate::model::{Model, Predictions};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
