@@ -79,6 +79,32 @@ where
     }
 }
 
+/// Merge-patches an MLModel with real kubectl, as a user would.
+pub fn patch_mlmodel(ns: &str, name: &str, patch: &str) {
+    kubectl(&["patch", "mlmodel", name, "-n", ns, "--type", "merge", "-p", patch]).expect("kubectl patch mlmodel");
+}
+
+/// Whether the model is Ready for its current generation (and serving `version`, if given).
+pub fn is_ready(m: &modelship_crds::MLModel, version: Option<&str>) -> bool {
+    m.status.as_ref().is_some_and(|s| {
+        s.observed_generation == m.metadata.generation
+            && s.condition("Ready").is_some_and(|c| c.status == "True")
+            && version.is_none_or(|v| s.model_version.as_deref() == Some(v))
+    })
+}
+
+/// Waits until the model is Ready for its current generation, serving `version` if given.
+pub async fn wait_ready(
+    models: &Api<modelship_crds::MLModel>,
+    name: &str,
+    version: Option<&str>,
+    timeout: Duration,
+) -> modelship_crds::MLModel {
+    let what = format!("MLModel {name} Ready{}", version.map(|v| format!(" at {v}")).unwrap_or_default());
+    wait_for(&what, timeout, || async { models.get_opt(name).await.ok().flatten().filter(|m| is_ready(m, version)) })
+        .await
+}
+
 /// A namespace for one test. Dropped: dumps its objects if the test failed, then deletes it.
 pub struct TestNamespace {
     pub name: String,

@@ -7,15 +7,7 @@ use std::time::Duration;
 
 use kube::Api;
 use modelship_crds::MLModel;
-use modelship_tests::{Operator, OperatorOptions, TestNamespace, client, kubectl, root, wait_for};
-
-fn ready_with_version(m: &MLModel, version: &str) -> bool {
-    m.status.as_ref().is_some_and(|s| {
-        s.observed_generation == m.metadata.generation
-            && s.model_version.as_deref() == Some(version)
-            && s.condition("Ready").is_some_and(|c| c.status == "True")
-    })
-}
+use modelship_tests::{Operator, OperatorOptions, TestNamespace, client, kubectl, patch_mlmodel, root, wait_ready};
 
 #[tokio::test]
 async fn the_operator_survives_an_api_server_restart() {
@@ -29,10 +21,7 @@ async fn the_operator_survives_an_api_server_restart() {
     let op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
     kubectl(&["apply", "-n", &ns.name, "-f", root().join("examples/iris.yaml").to_str().unwrap()]).unwrap();
     let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
-    wait_for("iris v1 Ready", Duration::from_secs(60), || async {
-        models.get("iris").await.ok().filter(|m| ready_with_version(m, "v1"))
-    })
-    .await;
+    wait_ready(&models, "iris", Some("v1"), Duration::from_secs(60)).await;
 
     let status = Command::new("bash").args(["-c", &restart]).status().unwrap();
     assert!(status.success(), "{restart} failed");
@@ -40,22 +29,8 @@ async fn the_operator_survives_an_api_server_restart() {
     let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
 
     // The operator's watches must have resumed: a change made after the restart is reconciled.
-    kubectl(&[
-        "patch",
-        "mlmodel",
-        "iris",
-        "-n",
-        &ns.name,
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"model":{"version":"v2"}}}"#,
-    ])
-    .unwrap();
-    wait_for("iris v2 Ready after the restart", Duration::from_secs(120), || async {
-        models.get("iris").await.ok().filter(|m| ready_with_version(m, "v2"))
-    })
-    .await;
+    patch_mlmodel(&ns.name, "iris", r#"{"spec":{"model":{"version":"v2"}}}"#);
+    wait_ready(&models, "iris", Some("v2"), Duration::from_secs(120)).await;
     assert!(op.metric("modelship_operator_leader").await == 1.0, "the operator is still running and leading");
     let log = op.log_text();
     assert!(!log.contains("panicked"), "the operator panicked:\n{log}");

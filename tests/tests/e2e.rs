@@ -13,7 +13,10 @@ use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use modelship_crds::MLModel;
-use modelship_tests::{Operator, OperatorOptions, TestNamespace, client, kubectl, kubectl_stdin, root, wait_for};
+use modelship_tests::{
+    Operator, OperatorOptions, TestNamespace, client, is_ready, kubectl, kubectl_stdin, patch_mlmodel, root, wait_for,
+    wait_ready,
+};
 use tokio::sync::OnceCell;
 
 const T: Duration = Duration::from_secs(60);
@@ -35,19 +38,6 @@ fn example() -> String {
     root().join("examples/iris.yaml").to_str().unwrap().to_string()
 }
 
-fn is_ready(m: &MLModel) -> bool {
-    m.status.as_ref().is_some_and(|s| {
-        s.observed_generation == m.metadata.generation && s.condition("Ready").is_some_and(|c| c.status == "True")
-    })
-}
-
-async fn wait_ready(models: &Api<MLModel>, name: &str) -> MLModel {
-    wait_for(&format!("MLModel {name} Ready"), T, || async {
-        models.get_opt(name).await.ok().flatten().filter(is_ready)
-    })
-    .await
-}
-
 async fn wait_condition(models: &Api<MLModel>, name: &str, type_: &str, status: &str, reason: &str) -> MLModel {
     wait_for(&format!("{name} {type_}={status} ({reason})"), T, || async {
         models.get_opt(name).await.ok().flatten().filter(|m| {
@@ -61,7 +51,7 @@ async fn wait_condition(models: &Api<MLModel>, name: &str, type_: &str, status: 
 async fn iris(c: &Client, ns: &TestNamespace) -> (Api<MLModel>, MLModel) {
     kubectl(&["apply", "-n", &ns.name, "-f", &example()]).unwrap();
     let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
-    let m = wait_ready(&models, "iris").await;
+    let m = wait_ready(&models, "iris", None, T).await;
     (models, m)
 }
 
@@ -224,18 +214,7 @@ async fn a_spec_change_rolls_out_and_ready_goes_false_then_true() {
         seen
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    kubectl(&[
-        "patch",
-        "mlmodel",
-        "iris",
-        "-n",
-        &ns.name,
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"model":{"version":"v2"}}}"#,
-    ])
-    .unwrap();
+    patch_mlmodel(&ns.name, "iris", r#"{"spec":{"model":{"version":"v2"}}}"#);
     let seen = tokio::time::timeout(T, seen).await.expect("rollout finished").unwrap();
     let new_gen: Vec<&String> = seen.iter().filter(|(g, _)| *g == generation + 1).map(|(_, r)| r).collect();
     assert_eq!(
@@ -286,7 +265,7 @@ async fn kubectl_scale_and_autoscaling() {
     let (models, _) = iris(&c, &ns).await;
     kubectl(&["scale", "mlmodel", "iris", "-n", &ns.name, "--replicas=3"]).unwrap();
     let m = wait_for("3 ready replicas", T, || async {
-        models.get("iris").await.ok().filter(|m| is_ready(m) && m.status.as_ref().unwrap().ready_replicas == 3)
+        models.get("iris").await.ok().filter(|m| is_ready(m, None) && m.status.as_ref().unwrap().ready_replicas == 3)
     })
     .await;
     assert_eq!(m.status.unwrap().replica_summary.as_deref(), Some("3/3"));
@@ -299,18 +278,7 @@ async fn kubectl_scale_and_autoscaling() {
     assert_eq!(scale["status"]["selector"], "modelship.dev/model=iris");
 
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
-    kubectl(&[
-        "patch",
-        "mlmodel",
-        "iris",
-        "-n",
-        &ns.name,
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"autoscaling":{"minReplicas":2,"maxReplicas":5}}}"#,
-    ])
-    .unwrap();
+    patch_mlmodel(&ns.name, "iris", r#"{"spec":{"autoscaling":{"minReplicas":2,"maxReplicas":5}}}"#);
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(c.clone(), &ns.name);
     let hpa = wait_for("the HPA", T, || async { hpas.get_opt("iris").await.ok().flatten() }).await;
     let spec = hpa.spec.unwrap();
@@ -375,7 +343,7 @@ async fn edited_or_deleted_children_are_restored() {
     kubectl(&["delete", "deployment", "iris", "-n", &ns.name, "--wait=true"]).unwrap();
     let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
     wait_for("the Deployment to be recreated", T, || async { deployments.get_opt("iris").await.ok().flatten() }).await;
-    wait_ready(&models, "iris").await;
+    wait_ready(&models, "iris", None, T).await;
 }
 
 #[tokio::test]
@@ -419,7 +387,7 @@ async fn a_missing_configmap_degrades_then_recovers() {
     )
     .await
     .unwrap();
-    wait_ready(&models, "late").await;
+    wait_ready(&models, "late", None, T).await;
     wait_condition(&models, "late", "Degraded", "False", "AsExpected").await;
 }
 
@@ -428,18 +396,7 @@ async fn deleting_the_model_collects_every_child() {
     let (c, ns) = setup("gc").await;
     let _op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
     let (_models, _) = iris(&c, &ns).await;
-    kubectl(&[
-        "patch",
-        "mlmodel",
-        "iris",
-        "-n",
-        &ns.name,
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"autoscaling":{"minReplicas":1,"maxReplicas":2}}}"#,
-    ])
-    .unwrap();
+    patch_mlmodel(&ns.name, "iris", r#"{"spec":{"autoscaling":{"minReplicas":1,"maxReplicas":2}}}"#);
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(c.clone(), &ns.name);
     wait_for("the HPA", T, || async { hpas.get_opt("iris").await.ok().flatten() }).await;
     kubectl(&["delete", "mlmodel", "iris", "-n", &ns.name]).unwrap();
@@ -479,7 +436,7 @@ async fn argocd_tracking_metadata_stays_off_children_and_spec_is_never_written()
     ])
     .unwrap();
     let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
-    let m = wait_ready(&models, "iris").await;
+    let m = wait_ready(&models, "iris", None, T).await;
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
     wait_for("the user label on children", T, || async {
         deployments.get("iris").await.ok().filter(|d| d.labels().get("team").map(String::as_str) == Some("fraud"))
@@ -509,25 +466,14 @@ async fn the_operator_restarted_mid_rollout_converges() {
     let opts = OperatorOptions::for_namespace(&ns.name);
     let op = Operator::start(&opts);
     let (models, m) = iris(&c, &ns).await;
-    kubectl(&[
-        "patch",
-        "mlmodel",
-        "iris",
-        "-n",
-        &ns.name,
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"model":{"version":"v9"}},"replicas":2}"#,
-    ])
-    .unwrap();
+    patch_mlmodel(&ns.name, "iris", r#"{"spec":{"model":{"version":"v9"}},"replicas":2}"#);
     op.kill();
     // A crash leaves the Lease held: the new process (another identity) waits for it to expire.
     let mut restarted = opts.clone();
     restarted.identity.push_str("-2");
     let _op = Operator::start(&restarted);
     let live = wait_for("the new generation Ready", Duration::from_secs(90), || async {
-        models.get("iris").await.ok().filter(|x| is_ready(x) && x.metadata.generation > m.metadata.generation)
+        models.get("iris").await.ok().filter(|x| is_ready(x, None) && x.metadata.generation > m.metadata.generation)
     })
     .await;
     assert_eq!(live.status.unwrap().model_version.as_deref(), Some("v9"));
@@ -547,26 +493,8 @@ async fn two_replicas_with_leader_election_never_both_write() {
     let (a_leads, b_leads) = (leader_of(&a).await, leader_of(&b).await);
     assert!(a_leads ^ b_leads, "exactly one leader (a: {a_leads}, b: {b_leads})");
     let (leader, standby) = if a_leads { (a, b) } else { (b, a) };
-    kubectl(&[
-        "patch",
-        "mlmodel",
-        "iris",
-        "-n",
-        &ns.name,
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"model":{"version":"v2"}}}"#,
-    ])
-    .unwrap();
-    wait_for("v2 Ready", T, || async {
-        models
-            .get("iris")
-            .await
-            .ok()
-            .filter(|m| is_ready(m) && m.status.as_ref().unwrap().model_version.as_deref() == Some("v2"))
-    })
-    .await;
+    patch_mlmodel(&ns.name, "iris", r#"{"spec":{"model":{"version":"v2"}}}"#);
+    wait_ready(&models, "iris", Some("v2"), T).await;
     assert!(writes(&leader).await > 0.0);
     assert_eq!(writes(&standby).await, 0.0, "the standby wrote while the leader held the lease");
 
@@ -574,26 +502,8 @@ async fn two_replicas_with_leader_election_never_both_write() {
     assert!(leader.terminate(), "the leader exits cleanly on SIGTERM");
     wait_for("the standby to lead", Duration::from_secs(20), || async { leader_of(&standby).await.then_some(()) })
         .await;
-    kubectl(&[
-        "patch",
-        "mlmodel",
-        "iris",
-        "-n",
-        &ns.name,
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"model":{"version":"v3"}}}"#,
-    ])
-    .unwrap();
-    wait_for("v3 Ready through the new leader", T, || async {
-        models
-            .get("iris")
-            .await
-            .ok()
-            .filter(|m| is_ready(m) && m.status.as_ref().unwrap().model_version.as_deref() == Some("v3"))
-    })
-    .await;
+    patch_mlmodel(&ns.name, "iris", r#"{"spec":{"model":{"version":"v3"}}}"#);
+    wait_ready(&models, "iris", Some("v3"), T).await; // through the new leader
     let lease =
         kubectl(&["get", "lease", &opts.lease_name, "-n", &ns.name, "-o", "jsonpath={.spec.holderIdentity}"]).unwrap();
     assert!(lease.starts_with("replica-"), "{lease}");
