@@ -4,12 +4,11 @@ use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::atomic_histogram::AtomicHistogram as Histogram;
+use crate::atomic_histogram::{AtomicHistogram as Histogram, ShardedCounter as Counter, ShardedGauge};
 use crate::model::{Model, Predictions};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,7 +45,7 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<HttpLabels, Counter>,
     pub latency: Family<HttpLabels, Histogram, fn() -> Histogram>,
-    pub in_flight: Gauge,
+    pub in_flight: ShardedGauge,
     batch_rows: Histogram,
     load_seconds: Gauge<f64, AtomicU64>,
     info: Family<InfoLabels, Gauge>,
@@ -69,7 +68,7 @@ impl Metrics {
         let latency = Family::<HttpLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
-        let in_flight = Gauge::default();
+        let in_flight = ShardedGauge::default();
         let batch_rows = Histogram::new([1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0]);
         let load_seconds = Gauge::<f64, AtomicU64>::default();
         let info = Family::<InfoLabels, Gauge>::default();
