@@ -21,6 +21,14 @@ fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
+/// Runs `batch` on `input` into `output`, with any extra flags.
+fn batch(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    let paths = [model, input, output].map(|p| p.to_str().unwrap().to_string());
+    let mut args = vec!["batch", "--model", &paths[0], "--input", &paths[1], "--output", &paths[2]];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 fn train_iris(dir: &Path) -> PathBuf {
     let out = dir.join("iris.json");
     let o = run(&["train", "--dataset", "iris", "--out", out.to_str().unwrap()]);
@@ -147,17 +155,7 @@ fn batch_scores_every_row_like_the_model_and_keeps_other_columns() {
     }
     std::fs::write(&input, text).unwrap();
     let output = dir.join("out.csv");
-    let o = run(&[
-        "batch",
-        "--model",
-        model_path.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-        "--chunk-rows",
-        "7",
-    ]);
+    let o = batch(&model_path, &input, &output, &["--chunk-rows", "7"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("scored 150 rows"));
 
@@ -173,15 +171,7 @@ fn batch_scores_every_row_like_the_model_and_keeps_other_columns() {
     }
 
     std::fs::write(&input, "sepal_length,sepal_width,petal_length,petal_width\n1,2,3,4\n1,2,x,4\n").unwrap();
-    let o = run(&[
-        "batch",
-        "--model",
-        model_path.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let o = batch(&model_path, &input, &output, &[]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("row 3") && err.contains("\"x\""), "{err}");
