@@ -169,11 +169,12 @@ mod tests {
 
     #[test]
     fn histogram_buckets_sum_and_count_across_threads() {
-        let h = AtomicHistogram::new([0.1, 1.0]);
+        // Dyadic values: their float sum is exact in whatever order the shards are added.
+        let h = AtomicHistogram::new([0.125, 1.0]);
         let c = ShardedCounter::default();
         let g = ShardedGauge::default();
         std::thread::scope(|s| {
-            for v in [0.05, 0.1, 0.5, 7.0] {
+            for v in [0.0625, 0.125, 0.5, 7.0] {
                 let (h, c, g) = (h.clone(), c.clone(), g.clone());
                 s.spawn(move || {
                     h.observe(v);
@@ -184,7 +185,7 @@ mod tests {
                 });
             }
         });
-        assert_eq!(h.snapshot(), (4, 7.65));
+        assert_eq!(h.snapshot(), (4, 7.6875));
         assert_eq!((c.get(), g.get()), (8, 4));
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register("x", "x", h);
@@ -192,10 +193,10 @@ mod tests {
         registry.register("g", "g", g);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
-        for line in ["x_bucket{le=\"0.1\"} 2\n", "x_bucket{le=\"1.0\"} 3\n", "x_bucket{le=\"+Inf\"} 4\n", "x_count 4\n"]
+        for line in ["x_bucket{le=\"0.125\"} 2\n", "x_bucket{le=\"1.0\"} 3\n", "x_bucket{le=\"+Inf\"} 4\n", "x_count 4\n"]
         {
             assert!(out.contains(line), "{line:?} missing in {out}");
         }
-        assert!(out.contains("x_sum 7.65\n") && out.contains("c_total 8\n") && out.contains("g 4\n"), "{out}");
+        assert!(out.contains("x_sum 7.6875\n") && out.contains("c_total 8\n") && out.contains("g 4\n"), "{out}");
     }
 }
