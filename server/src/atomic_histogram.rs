@@ -193,7 +193,8 @@ mod tests {
         registry.register("g", "g", g);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
-        for line in ["x_bucket{le=\"0.125\"} 2\n", "x_bucket{le=\"1.0\"} 3\n", "x_bucket{le=\"+Inf\"} 4\n", "x_count 4\n"]
+        for line in
+            ["x_bucket{le=\"0.125\"} 2\n", "x_bucket{le=\"1.0\"} 3\n", "x_bucket{le=\"+Inf\"} 4\n", "x_count 4\n"]
         {
             assert!(out.contains(line), "{line:?} missing in {out}");
         }
