@@ -15,7 +15,8 @@ pub const GROUP: &str = "modelship.dev";
 pub const FIELD_MANAGER: &str = "modelship-operator";
 
 /// Every checked-in copy of the generated CRD YAML, relative to the workspace root.
-pub const CRD_COPIES: &[&str] = &["crds/mlmodel.yaml"];
+pub const CRD_COPIES: &[&str] =
+    &["crds/mlmodel.yaml", "charts/modelship/crds/mlmodel.yaml", "manifests/base/crd/mlmodel.yaml"];
 
 /// The CRD as YAML, exactly as checked in at `crds/mlmodel.yaml`.
 pub fn crd_yaml() -> String {

@@ -43,22 +43,55 @@ pub fn kubectl(args: &[&str]) -> anyhow::Result<String> {
 
 /// Runs `kubectl` with `stdin` piped in; returns stdout, or stderr as the error.
 pub fn kubectl_stdin(args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    run(Path::new(&std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into())), args, stdin)
+}
+
+/// Runs a program with `stdin` piped in; returns stdout, or the command and its stderr as the error.
+pub fn run(program: &Path, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
     use std::io::Write;
-    let mut child = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+    let name = program.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("running kubectl")?;
+        .with_context(|| format!("running {}", program.display()))?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(text.as_bytes())?;
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{name} {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A tool that `tests/tools/install` provides, from the environment variable it prints
+/// (`HELM`, `ACTIONLINT`, `HADOLINT`, `SHELLCHECK`); tests/run sets them.
+pub fn tool(var: &str) -> PathBuf {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("${var} is not set: run `eval \"$(tests/tools/install)\"` first (tests/run does)"));
+    assert!(path.exists(), "${var} points to {}, which does not exist", path.display());
+    path
+}
+
+/// Installs the MLModel CRD (server-side, idempotent) and waits until it is established.
+pub async fn install_crd() {
+    static CRD: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    CRD.get_or_init(|| async {
+        let crd = root().join("crds/mlmodel.yaml");
+        kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &crd.to_string_lossy()]).expect("install CRD");
+        kubectl(&["wait", "--for=condition=Established", "crd/mlmodels.modelship.dev", "--timeout=60s"])
+            .expect("CRD established");
+    })
+    .await;
 }
 
 /// Polls `check` until it returns `Some`, or fails after `timeout` with `what` in the message.
@@ -176,6 +209,9 @@ pub struct OperatorOptions {
     pub lease_name: String,
     pub identity: String,
     pub leader_elect: bool,
+    pub lease_namespace: String,
+    /// Run with this kubeconfig instead of the test's `KUBECONFIG` (e.g. a ServiceAccount's token).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 impl OperatorOptions {
@@ -185,6 +221,8 @@ impl OperatorOptions {
             lease_name: format!("op-{ns}"),
             identity: format!("test-{ns}"),
             leader_elect: true,
+            lease_namespace: ns.into(),
+            kubeconfig: None,
         }
     }
 }
@@ -194,12 +232,16 @@ impl Operator {
         let metrics_port = free_port();
         let log = std::env::temp_dir().join(format!("modelship-operator-{}-{}.log", opts.identity, metrics_port));
         let file = std::fs::File::create(&log).expect("operator log file");
-        let child = Command::new(binary("modelship-operator"))
+        let mut cmd = Command::new(binary("modelship-operator"));
+        if let Some(kubeconfig) = &opts.kubeconfig {
+            cmd.env("KUBECONFIG", kubeconfig);
+        }
+        let child = cmd
             .args([
                 "--namespace",
                 &opts.namespace,
                 "--lease-namespace",
-                &opts.namespace,
+                &opts.lease_namespace,
                 "--lease-name",
                 &opts.lease_name,
             ])

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use kube::Api;
 use modelship_crds::MLModel;
-use modelship_tests::{Operator, OperatorOptions, TestNamespace, client, kubectl, patch_mlmodel, root, wait_ready};
+use modelship_tests::{
+    Operator, OperatorOptions, TestNamespace, client, install_crd, kubectl, patch_mlmodel, root, wait_ready,
+};
 
 #[tokio::test]
 async fn the_operator_survives_an_api_server_restart() {
@@ -15,8 +17,7 @@ async fn the_operator_survives_an_api_server_restart() {
     let restart = std::env::var("MODELSHIP_APISERVER_RESTART_CMD")
         .expect("MODELSHIP_APISERVER_RESTART_CMD must name a command that restarts the API server");
     let c = client().await;
-    kubectl(&["apply", "--server-side", "--force-conflicts", "-f", root().join("crds/mlmodel.yaml").to_str().unwrap()])
-        .unwrap();
+    install_crd().await;
     let ns = TestNamespace::new(&c, "apirestart").await;
     let op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
     kubectl(&["apply", "-n", &ns.name, "-f", root().join("examples/iris.yaml").to_str().unwrap()]).unwrap();

@@ -14,22 +14,15 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use modelship_crds::MLModel;
 use modelship_tests::{
-    Operator, OperatorOptions, TestNamespace, client, is_ready, kubectl, kubectl_stdin, patch_mlmodel, root, wait_for,
-    wait_ready,
+    Operator, OperatorOptions, TestNamespace, client, install_crd, is_ready, kubectl, kubectl_stdin, patch_mlmodel,
+    root, wait_for, wait_ready,
 };
-use tokio::sync::OnceCell;
 
 const T: Duration = Duration::from_secs(60);
 
 async fn setup(prefix: &str) -> (Client, TestNamespace) {
-    static CRD: OnceCell<()> = OnceCell::const_new();
     let c = client().await;
-    CRD.get_or_init(|| async {
-        let crd = root().join("crds/mlmodel.yaml");
-        kubectl(&["apply", "--server-side", "--force-conflicts", "-f", crd.to_str().unwrap()]).unwrap();
-        kubectl(&["wait", "--for=condition=Established", "crd/mlmodels.modelship.dev", "--timeout=60s"]).unwrap();
-    })
-    .await;
+    install_crd().await;
     let ns = TestNamespace::new(&c, prefix).await;
     (c, ns)
 }

@@ -9,14 +9,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use modelship_crds::MLModel;
-use modelship_tests::{Operator, OperatorOptions, TestNamespace, binary, client, free_port, kubectl, root, wait_for};
+use modelship_tests::{
+    Operator, OperatorOptions, TestNamespace, binary, client, free_port, install_crd, kubectl, root, wait_for,
+};
 
 #[tokio::test]
 async fn the_generated_pod_spec_serves_predictions() {
     let c = client().await;
-    kubectl(&["apply", "--server-side", "--force-conflicts", "-f", root().join("crds/mlmodel.yaml").to_str().unwrap()])
-        .unwrap();
-    kubectl(&["wait", "--for=condition=Established", "crd/mlmodels.modelship.dev", "--timeout=60s"]).unwrap();
+    install_crd().await;
     let ns = TestNamespace::new(&c, "podspec").await;
     let _op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
     kubectl(&["apply", "-n", &ns.name, "-f", root().join("examples/iris.yaml").to_str().unwrap()]).unwrap();
