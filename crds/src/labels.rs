@@ -2,7 +2,7 @@
 
 /// Identity label of every child of an MLModel; part of every selector (so it never changes).
 pub const MODEL: &str = "modelship.dev/model";
-/// Which track a Deployment serves (`stable`, later `canary`); part of the Deployment selector.
+/// Which track a Deployment serves (`stable` or `canary`); part of the Deployment selector.
 pub const TRACK: &str = "modelship.dev/track";
 /// Pod-template annotation: a hash of everything whose change must roll out new pods.
 pub const ROLLOUT_HASH: &str = "modelship.dev/rollout-hash";
@@ -19,6 +19,8 @@ pub const ARGOCD_PREFIX: &str = "argocd.argoproj.io/";
 
 /// The track of the stable (non-canary) Deployment.
 pub const TRACK_STABLE: &str = "stable";
+/// The track of the canary Deployment (`spec.canary`).
+pub const TRACK_CANARY: &str = "canary";
 
 /// Whether a label on the MLModel may be copied onto its children.
 ///

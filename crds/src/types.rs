@@ -53,6 +53,89 @@ pub struct MLModelSpec {
     /// The Service in front of the server pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceSpec>,
+
+    /// A second model version that takes a share of the live traffic. Remove it to end the
+    /// experiment; promote it by moving `canary.model` into `model` (one Git commit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanarySpec>,
+
+    /// How traffic is split between the stable and the canary model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficSpec>,
+
+    /// Rollout safety settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
+}
+
+/// A canary: a second model served beside the stable one.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CanarySpec {
+    /// The canary model artifact, in the same shape as `spec.model`.
+    pub model: ModelSpec,
+
+    /// Share of requests, in percent, the canary should serve. Without a Gateway the operator
+    /// sizes the two Deployments so their pod counts match it as closely as `replicas` allows
+    /// (`status.traffic` shows the split achieved); with `traffic.gateway` the split is exact.
+    #[schemars(range(min = 0, max = 100))]
+    pub traffic_percent: i32,
+
+    /// Canary pods. Default: without a Gateway, the share of `spec.replicas` that matches
+    /// `trafficPercent` (taken from the stable pods); with a Gateway, enough for its share.
+    /// When set, the stable Deployment keeps all of `spec.replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+}
+
+/// Traffic routing between the stable and canary models.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficSpec {
+    /// Route through this Gateway (Gateway API): the operator creates an HTTPRoute with weighted
+    /// backends to a stable and a canary Service, for an exact split. Without it, one Service
+    /// spreads requests over all ready pods of both tracks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayRef>,
+}
+
+/// A parent Gateway of the HTTPRoute.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayRef {
+    /// Name of the Gateway.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Namespace of the Gateway (default: the MLModel's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// A listener of the Gateway to attach to (default: all that allow this route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub section_name: Option<String>,
+}
+
+/// Rollout safety.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Seconds a new stable or canary version may take to become ready before it is rolled
+    /// back automatically (default 600). Pods that crash-loop are rolled back at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 5, max = 3600))]
+    pub progress_deadline_seconds: Option<i32>,
+}
+
+/// Default of `spec.rollout.progressDeadlineSeconds`.
+pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: i32 = 600;
+
+impl MLModelSpec {
+    /// `spec.rollout.progressDeadlineSeconds` or its default.
+    pub fn progress_deadline_seconds(&self) -> i32 {
+        self.rollout.as_ref().and_then(|r| r.progress_deadline_seconds).unwrap_or(DEFAULT_PROGRESS_DEADLINE_SECONDS)
+    }
 }
 
 fn default_replicas() -> i32 {
@@ -224,6 +307,65 @@ pub struct MLModelStatus {
     /// Label selector of the server pods, for the scale subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+
+    /// The version the stable Deployment serves (after a rollback: the last good one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_version: Option<String>,
+
+    /// Ready pods of the stable Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_ready_replicas: Option<i32>,
+
+    /// The canary's version, while `spec.canary` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_version: Option<String>,
+
+    /// Ready pods of the canary Deployment, while `spec.canary` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_ready_replicas: Option<i32>,
+
+    /// The traffic split in effect now, while `spec.canary` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficStatus>,
+
+    /// The last model that was fully rolled out and Ready: what a failed new version is rolled
+    /// back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_good_model: Option<ModelSpec>,
+
+    /// Model versions that failed and were rolled back; kept until the spec names another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackStatus>,
+}
+
+/// The split of requests between the stable and canary models.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficStatus {
+    /// `Replicas` (by ready pod counts behind one Service) or `Gateway` (HTTPRoute weights).
+    pub mode: String,
+    /// Percent of requests the stable model gets.
+    pub stable_percent: i32,
+    /// Percent of requests the canary model gets.
+    pub canary_percent: i32,
+}
+
+/// What was rolled back, so it is not retried until the spec changes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackStatus {
+    /// Rollout hash of the stable pod template that failed and was rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_stable: Option<String>,
+    /// Why the stable version was rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_message: Option<String>,
+    /// Rollout hash of the canary pod template that failed and was scaled to zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_canary: Option<String>,
+    /// Why the canary was scaled to zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_message: Option<String>,
 }
 
 impl MLModelStatus {
@@ -238,4 +380,6 @@ pub mod condition {
     pub const READY: &str = "Ready";
     pub const PROGRESSING: &str = "Progressing";
     pub const DEGRADED: &str = "Degraded";
+    /// Present while `spec.canary` is set: True when the canary serves its share of traffic.
+    pub const CANARY_READY: &str = "CanaryReady";
 }

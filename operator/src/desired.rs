@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use modelship_crds::{MLModel, ModelUri, labels};
+use modelship_crds::{MLModel, ModelSpec, ModelUri, labels};
 use sha2::{Digest, Sha256};
 
 /// Operator-wide settings the builders need.
@@ -45,8 +45,12 @@ pub const DRAIN_SECONDS: i64 = 5;
 /// The unprivileged UID/GID the server runs as (distroless `nonroot`).
 const NONROOT: i64 = 65532;
 
-/// Labels every child carries: ours plus the MLModel's own copyable labels.
+/// Labels every child carries: ours plus the MLModel's own copyable labels, and the stable version.
 pub fn common_labels(model: &MLModel) -> BTreeMap<String, String> {
+    labels_for_version(model, model.spec.model.version.as_deref())
+}
+
+fn labels_for_version(model: &MLModel, version: Option<&str>) -> BTreeMap<String, String> {
     let name = model.name_any();
     let mut out: BTreeMap<String, String> = model
         .metadata
@@ -61,10 +65,60 @@ pub fn common_labels(model: &MLModel) -> BTreeMap<String, String> {
     out.insert(labels::COMPONENT.into(), "inference-server".into());
     out.insert(labels::PART_OF.into(), "modelship".into());
     out.insert(labels::MANAGED_BY.into(), modelship_crds::FIELD_MANAGER.into());
-    if let Some(v) = model.spec.model.version.as_deref().filter(|v| is_label_value(v)) {
+    if let Some(v) = version.filter(|v| is_label_value(v)) {
         out.insert(labels::VERSION.into(), v.into());
     }
     out
+}
+
+/// Which of a model's server Deployments: the stable one, or the canary of `spec.canary`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Track {
+    Stable,
+    Canary,
+}
+
+impl Track {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Stable => labels::TRACK_STABLE,
+            Self::Canary => labels::TRACK_CANARY,
+        }
+    }
+
+    /// Name of this track's Deployment (and, with a Gateway, of its own Service).
+    pub fn name(self, model: &MLModel) -> String {
+        match self {
+            Self::Stable => model.name_any(),
+            Self::Canary => format!("{}-canary", model.name_any()),
+        }
+    }
+}
+
+/// What one server Deployment runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerPods<'a> {
+    pub track: Track,
+    /// The model these pods serve: `spec.model`, `spec.canary.model`, or after a rollback the
+    /// last good model.
+    pub model: &'a ModelSpec,
+    pub uri: &'a ModelUri,
+    pub source: &'a SourceVersion,
+    /// Pod count; `None` leaves it to the HPA.
+    pub replicas: Option<i32>,
+}
+
+impl<'a> ServerPods<'a> {
+    /// The stable Deployment of `spec.model`, sized by `spec.replicas` unless autoscaled.
+    pub fn stable(model: &'a MLModel, uri: &'a ModelUri, source: &'a SourceVersion) -> Self {
+        Self {
+            track: Track::Stable,
+            model: &model.spec.model,
+            uri,
+            source,
+            replicas: model.spec.autoscaling.is_none().then_some(model.spec.replicas),
+        }
+    }
 }
 
 fn is_label_value(v: &str) -> bool {
@@ -74,11 +128,11 @@ fn is_label_value(v: &str) -> bool {
         && v.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
-/// The immutable Deployment selector: identity only, never a version or hash.
-pub fn selector_labels(model: &MLModel) -> BTreeMap<String, String> {
+/// The immutable Deployment selector of a track: identity only, never a version or hash.
+pub fn selector_labels(model: &MLModel, track: Track) -> BTreeMap<String, String> {
     BTreeMap::from([
         (labels::MODEL.to_string(), model.name_any()),
-        (labels::TRACK.to_string(), labels::TRACK_STABLE.to_string()),
+        (labels::TRACK.to_string(), track.label().to_string()),
     ])
 }
 
@@ -151,10 +205,10 @@ fn delivery(uri: &ModelUri) -> Delivery {
     }
 }
 
-/// Hash of everything whose change must roll out new pods.
-pub fn rollout_hash(model: &MLModel, settings: &Settings, source: &SourceVersion) -> String {
+/// Hash of everything whose change must roll out new pods of `served`.
+pub fn rollout_hash(model: &MLModel, served: &ModelSpec, settings: &Settings, source: &SourceVersion) -> String {
     let input = serde_json::json!({
-        "model": model.spec.model,
+        "model": served,
         "server": model.spec.server,
         "image": settings.server_image,
         "content": source.content_hash,
@@ -189,7 +243,7 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
 }
 
 /// The server container's arguments.
-fn server_args(model: &MLModel, model_arg: String) -> Vec<String> {
+fn server_args(model: &MLModel, served: &ModelSpec, model_arg: String) -> Vec<String> {
     let mut args = vec![
         "serve".to_string(),
         "--model".into(),
@@ -203,21 +257,22 @@ fn server_args(model: &MLModel, model_arg: String) -> Vec<String> {
         "--log-format".into(),
         "json".into(),
     ];
-    if let Some(sha) = &model.spec.model.sha256 {
+    if let Some(sha) = &served.sha256 {
         args.extend(["--sha256".into(), sha.clone()]);
     }
-    if let Some(v) = &model.spec.model.version {
+    if let Some(v) = &served.version {
         args.extend(["--model-version".into(), v.clone()]);
     }
     args
 }
 
-/// The server Deployment. `uri` is the parsed `spec.model.uri`.
-pub fn deployment(model: &MLModel, uri: &ModelUri, settings: &Settings, source: &SourceVersion) -> Deployment {
+/// A server Deployment: the stable one or the canary, as `pods` says.
+pub fn deployment(model: &MLModel, pods: &ServerPods<'_>, settings: &Settings) -> Deployment {
     let server = model.spec.server.clone().unwrap_or_default();
-    let Delivery { model_arg, volume } = delivery(uri);
-    let mut pod_labels = common_labels(model);
-    pod_labels.extend(selector_labels(model));
+    let Delivery { model_arg, volume } = delivery(pods.uri);
+    let labels = labels_for_version(model, pods.model.version.as_deref());
+    let mut pod_labels = labels.clone();
+    pod_labels.extend(selector_labels(model, pods.track));
 
     let mut mounts = vec![VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() }];
     let mut volumes =
@@ -235,7 +290,7 @@ pub fn deployment(model: &MLModel, uri: &ModelUri, settings: &Settings, source: 
     let container = Container {
         name: "server".into(),
         image: Some(server.image.clone().unwrap_or_else(|| settings.server_image.clone())),
-        args: Some(server_args(model, model_arg)),
+        args: Some(server_args(model, pods.model, model_arg)),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
             container_port: server_port(model),
@@ -262,11 +317,11 @@ pub fn deployment(model: &MLModel, uri: &ModelUri, settings: &Settings, source: 
     };
 
     Deployment {
-        metadata: metadata(model, model.name_any()),
+        metadata: ObjectMeta { labels: Some(labels), ..metadata(model, pods.track.name(model)) },
         spec: Some(DeploymentSpec {
             // With autoscaling the HPA owns the count; we must not send the field at all.
-            replicas: model.spec.autoscaling.is_none().then_some(model.spec.replicas),
-            selector: LabelSelector { match_labels: Some(selector_labels(model)), match_expressions: None },
+            replicas: pods.replicas,
+            selector: LabelSelector { match_labels: Some(selector_labels(model, pods.track)), match_expressions: None },
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 rolling_update: Some(RollingUpdateDeployment {
@@ -275,13 +330,13 @@ pub fn deployment(model: &MLModel, uri: &ModelUri, settings: &Settings, source: 
                 }),
             }),
             revision_history_limit: Some(5),
-            progress_deadline_seconds: Some(600),
+            progress_deadline_seconds: Some(model.spec.progress_deadline_seconds()),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
                     annotations: Some(BTreeMap::from([(
                         labels::ROLLOUT_HASH.into(),
-                        rollout_hash(model, settings, source),
+                        rollout_hash(model, pods.model, settings, pods.source),
                     )])),
                     ..Default::default()
                 }),

@@ -6,5 +6,7 @@ pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
+pub mod rollback;
 pub mod source;
 pub mod status;
+pub mod traffic;

@@ -8,24 +8,28 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use modelship_crds::condition::{DEGRADED, READY};
-use modelship_crds::{FIELD_MANAGER, MLModel, MLModelStatus, ModelUri, labels};
+use modelship_crds::{
+    CanarySpec, FIELD_MANAGER, GatewayRef, MLModel, MLModelStatus, ModelSpec, ModelUri, RollbackStatus, TrafficStatus,
+    labels,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
-use crate::desired::{self, Settings};
+use crate::desired::{self, ServerPods, Settings, SourceVersion, Track};
 use crate::error::{Error, KubeContext};
 use crate::metrics::Metrics;
-use crate::source;
-use crate::status::{self, Observed, Rollout};
+use crate::rollback::{self, StableChoice};
+use crate::status::{self, CanaryObserved, Observed, Rollout};
+use crate::{source, traffic};
 
 /// Shared by every reconcile.
 pub struct Context {
@@ -71,15 +75,104 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
     let ns = model.namespace().ok_or(Error::MissingNamespace)?;
     let name = model.name_any();
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let previous = model.status.clone().unwrap_or_default();
+    let mut rollback = previous.rollback.clone().unwrap_or_default();
 
+    // What the spec asks for, and what runs now.
     let resolved = source::resolve(&ctx.client, &ns, &model.spec.model.uri).await?;
+    let canary_resolved = match &model.spec.canary {
+        Some(c) => Some(source::resolve(&ctx.client, &ns, &c.model.uri).await?),
+        None => None,
+    };
     let before = deployments.get_opt(&name).await.during("get Deployment")?;
+    let canary_name = Track::Canary.name(model);
+    let before_canary = deployments.get_opt(&canary_name).await.during("get canary Deployment")?;
+    let pods = list_pods(ctx, model, &ns).await?;
+
+    // The canary: scaled to zero once it has failed, until spec.canary names another version.
+    let gateway = model.spec.traffic.as_ref().and_then(|t| t.gateway.as_ref());
+    let canary = match (&model.spec.canary, &canary_resolved) {
+        (Some(spec), Some(Ok((uri, version)))) => {
+            let hash = desired::rollout_hash(model, &spec.model, &ctx.settings, version);
+            if rollback.failed_canary.as_deref().is_some_and(|h| h != hash) {
+                (rollback.failed_canary, rollback.canary_message) = (None, None);
+            }
+            let track_pods = rollback::pods_of(&pods, labels::TRACK_CANARY, &hash);
+            let health = rollback::health(before_canary.as_ref(), &hash, &track_pods);
+            if let Some(msg) = rollback::canary_failed_now(&health, &hash, rollback.failed_canary.as_deref()) {
+                warn!(model = %name, namespace = %ns, %msg, "canary failed; scaling it to zero");
+                (rollback.failed_canary, rollback.canary_message) = (Some(hash.clone()), Some(msg));
+            }
+            let failed = rollback.failed_canary.as_deref() == Some(hash.as_str());
+            Some(CanaryPlan { spec, uri, version, health, failed })
+        }
+        _ => None,
+    };
+    let canary_available = before_canary.as_ref().map(available).unwrap_or(0);
+
+    // The stable track: spec.model, or the last good model after spec.model failed.
+    let mut served: Option<(ModelSpec, ModelUri, SourceVersion)> = None;
+    if let Ok((_, version)) = &resolved {
+        let hash = desired::rollout_hash(model, &model.spec.model, &ctx.settings, version);
+        if rollback.failed_stable.as_deref().is_some_and(|h| h != hash) {
+            (rollback.failed_stable, rollback.stable_message) = (None, None);
+        }
+        let track_pods = rollback::pods_of(&pods, labels::TRACK_STABLE, &hash);
+        let health = rollback::health(before.as_ref(), &hash, &track_pods);
+        let choice = rollback::stable_choice(
+            &model.spec.model,
+            &hash,
+            &health,
+            previous.last_good_model.as_ref(),
+            rollback.failed_stable.as_deref(),
+        );
+        if let StableChoice::LastGood { model: good, newly } = choice {
+            match source::resolve(&ctx.client, &ns, &good.uri).await? {
+                Ok((good_uri, good_version)) => {
+                    if let Some(msg) = newly {
+                        warn!(model = %name, namespace = %ns, %msg, "rolling back");
+                        (rollback.failed_stable, rollback.stable_message) = (Some(hash), Some(msg));
+                    }
+                    served = Some((good, good_uri, good_version));
+                }
+                Err(problem) => {
+                    warn!(model = %name, problem = %problem.message(), "cannot roll back: the last good model's source is gone")
+                }
+            }
+        }
+    }
+
+    // Pod counts: the canary takes its share from the stable pods only once it is ready, so
+    // the number of ready pods never drops below spec.replicas.
+    let total = model.spec.replicas;
+    let live_canary = canary.as_ref().filter(|c| !c.failed);
+    // `handing_over`: the canary is up but the stable track has not yet given up its share.
+    let (stable_replicas, canary_replicas, handing_over) = match live_canary {
+        None => (total, 0, false),
+        Some(c) if gateway.is_some() => {
+            (total, traffic::gateway_canary_replicas(total, c.spec.traffic_percent, c.spec.replicas), false)
+        }
+        Some(c) => {
+            let split = traffic::replica_split(total, c.spec.traffic_percent, c.spec.replicas);
+            let ready = canary_available >= split.canary;
+            (if ready { split.stable } else { total }, split.canary, !ready)
+        }
+    };
+    let autoscaled = model.spec.autoscaling.is_some();
 
     let deployment = match &resolved {
         Ok((uri, version)) => {
-            let desired_deploy = desired::deployment(model, uri, &ctx.settings, version);
+            let (m, u, v) = served.as_ref().map(|(m, u, v)| (m, u, v)).unwrap_or((&model.spec.model, uri, version));
+            let pods_spec = ServerPods {
+                track: Track::Stable,
+                model: m,
+                uri: u,
+                source: v,
+                replicas: (!autoscaled).then_some(stable_replicas),
+            };
+            let desired_deploy = desired::deployment(model, &pods_spec, &ctx.settings);
             apply(ctx, &ns, &desired::service(model), "apply Service").await?;
-            if model.spec.autoscaling.is_some() {
+            if autoscaled {
                 hand_over_replicas(&deployments, &name, before.as_ref()).await?;
             }
             let live: Deployment = apply(ctx, &ns, &desired_deploy, "apply Deployment").await?;
@@ -91,9 +184,78 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
         Err(_) => before,
     };
 
-    let rollout = status::rollout(deployment.as_ref());
-    let pods = if rollout == Rollout::Complete { Vec::new() } else { list_pods(ctx, model, &ns).await? };
-    let observed = Observed { deployment: deployment.as_ref(), pods: &pods, source_problem: resolved.as_ref().err() };
+    let live_canary_deploy = match &canary {
+        Some(c) => {
+            let pods_spec = ServerPods {
+                track: Track::Canary,
+                model: &c.spec.model,
+                uri: c.uri,
+                source: c.version,
+                replicas: Some(if c.failed { 0 } else { canary_replicas }),
+            };
+            Some(
+                apply(ctx, &ns, &desired::deployment(model, &pods_spec, &ctx.settings), "apply canary Deployment")
+                    .await?,
+            )
+        }
+        // The experiment ended: remove the canary once the stable pods carry the whole load.
+        None if model.spec.canary.is_none() => {
+            if before_canary.is_some() && status::rollout(deployment.as_ref()) == Rollout::Complete {
+                delete_owned::<Deployment>(ctx, model, &ns, &canary_name, "delete canary Deployment").await?;
+                (rollback.failed_canary, rollback.canary_message) = (None, None);
+                None
+            } else {
+                before_canary
+            }
+        }
+        // The canary's source is missing: leave the running canary as it is.
+        None => before_canary,
+    };
+
+    // The split in effect, and the Gateway route when there is one.
+    let stable_ready = deployment.as_ref().map(available).unwrap_or(0);
+    let canary_ready = live_canary_deploy.as_ref().map(available).unwrap_or(0);
+    let traffic = match gateway {
+        Some(gw) => {
+            let percent = model.spec.canary.as_ref().map(|c| c.traffic_percent).unwrap_or(0);
+            let serving = live_canary.is_some() && canary_ready > 0;
+            let weights = traffic::gateway_weights(percent, serving);
+            sync_gateway(ctx, model, &ns, gw, &weights, canary.is_some()).await?;
+            Some(weights)
+        }
+        None => {
+            if previous.traffic.as_ref().is_some_and(|t| t.mode == "Gateway") {
+                remove_gateway_objects(ctx, model, &ns).await?;
+            }
+            model.spec.canary.as_ref().map(|_| traffic::share_by_pods(stable_ready, canary_ready))
+        }
+    };
+
+    let stable_pods: Vec<Pod> = pods.iter().filter(|p| track_of(p) == Some(labels::TRACK_STABLE)).cloned().collect();
+    let canary_observed = match (&model.spec.canary, &canary_resolved) {
+        (Some(spec), Some(res)) => Some(CanaryObserved {
+            spec,
+            deployment: live_canary_deploy.as_ref(),
+            health: match canary.as_ref() {
+                Some(c) if !handing_over => c.health.clone(),
+                _ => rollback::Health::Progressing,
+            },
+            source_problem: res.as_ref().err(),
+            rolled_back: canary.as_ref().filter(|c| c.failed).and(rollback.canary_message.as_deref()),
+        }),
+        _ => None,
+    };
+    let rollback_status = (rollback != RollbackStatus::default()).then(|| rollback.clone());
+    let observed = Observed {
+        deployment: deployment.as_ref(),
+        pods: &stable_pods,
+        source_problem: resolved.as_ref().err(),
+        served: served.as_ref().map(|(m, _, _)| m),
+        rolled_back: served.as_ref().and(rollback.stable_message.as_deref()),
+        canary: canary_observed,
+        traffic,
+        rollback: rollback_status,
+    };
     let now = Time(jiff::Timestamp::now());
     let mut new_status = status::compute(model, &observed, &now);
     status::keep_transition_times(model.status.as_ref(), &mut new_status);
@@ -104,11 +266,29 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
 
     Ok(Action::requeue(if !status::is_ready(model, &new_status) {
         REQUEUE_NOT_READY
-    } else if model.spec.autoscaling.is_some() {
+    } else if autoscaled {
         REQUEUE_AUTOSCALED
     } else {
         REQUEUE_READY
     }))
+}
+
+/// The canary this reconcile runs.
+struct CanaryPlan<'a> {
+    spec: &'a CanarySpec,
+    uri: &'a ModelUri,
+    version: &'a SourceVersion,
+    health: rollback::Health,
+    /// This canary version failed before: it stays scaled to zero.
+    failed: bool,
+}
+
+fn available(d: &Deployment) -> i32 {
+    d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0)
+}
+
+fn track_of(p: &Pod) -> Option<&str> {
+    p.metadata.labels.as_ref().and_then(|l| l.get(labels::TRACK)).map(String::as_str)
 }
 
 /// Retries with backoff on errors; the error is logged, counted and recorded as an Event.
@@ -181,16 +361,75 @@ async fn sync_hpa(ctx: &Context, model: &MLModel, ns: &str) -> Result<(), Error>
         apply(ctx, ns, &hpa, "apply HorizontalPodAutoscaler").await?;
         return Ok(());
     }
-    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), ns);
-    let name = model.name_any();
-    let Some(live) = api.get_opt(&name).await.during("get HorizontalPodAutoscaler")? else {
+    delete_owned::<HorizontalPodAutoscaler>(ctx, model, ns, &model.name_any(), "delete HorizontalPodAutoscaler").await
+}
+
+/// Deletes the named object if it exists and this MLModel controls it.
+async fn delete_owned<K>(
+    ctx: &Context,
+    model: &MLModel,
+    ns: &str,
+    name: &str,
+    action: &'static str,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(live) = api.get_opt(name).await.during(action)? else {
         return Ok(());
     };
     let ours =
         live.owner_references().iter().any(|o| Some(&o.uid) == model.uid().as_ref() && o.controller == Some(true));
     if ours {
-        api.delete(&name, &Default::default()).await.during("delete HorizontalPodAutoscaler")?;
-        info!(model = %name, namespace = ns, "deleted HorizontalPodAutoscaler: spec.autoscaling was removed");
+        api.delete(name, &Default::default()).await.during(action)?;
+        info!(model = %model.name_any(), namespace = ns, object = name, kind = K::kind(&()).as_ref(), "deleted");
+    }
+    Ok(())
+}
+
+fn http_route_api(ctx: &Context, ns: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+    Api::namespaced_with(ctx.client.clone(), ns, &ApiResource::from_gvk(&gvk))
+}
+
+/// Gateway mode: a Service per track and the HTTPRoute with the weights.
+async fn sync_gateway(
+    ctx: &Context,
+    model: &MLModel,
+    ns: &str,
+    gateway: &GatewayRef,
+    weights: &TrafficStatus,
+    with_canary: bool,
+) -> Result<(), Error> {
+    apply(ctx, ns, &traffic::track_service(model, Track::Stable), "apply stable Service").await?;
+    let canary_svc = traffic::track_service_name(model, Track::Canary);
+    if with_canary {
+        apply(ctx, ns, &traffic::track_service(model, Track::Canary), "apply canary Service").await?;
+    } else {
+        delete_owned::<Service>(ctx, model, ns, &canary_svc, "delete canary Service").await?;
+    }
+    let route = traffic::http_route(model, gateway, weights, with_canary);
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    ctx.metrics.applied("apply HTTPRoute");
+    http_route_api(ctx, ns).patch(&model.name_any(), &pp, &Patch::Apply(route)).await.during("apply HTTPRoute")?;
+    Ok(())
+}
+
+/// `spec.traffic.gateway` was removed: delete our HTTPRoute and the per-track Services.
+async fn remove_gateway_objects(ctx: &Context, model: &MLModel, ns: &str) -> Result<(), Error> {
+    let api = http_route_api(ctx, ns);
+    if let Some(route) = api.get_opt(&model.name_any()).await.during("get HTTPRoute")?
+        && route.owner_references().iter().any(|o| Some(&o.uid) == model.uid().as_ref())
+    {
+        api.delete(&model.name_any(), &Default::default()).await.during("delete HTTPRoute")?;
+    }
+    for track in [Track::Stable, Track::Canary] {
+        let svc = traffic::track_service_name(model, track);
+        delete_owned::<Service>(ctx, model, ns, &svc, "delete track Service").await?;
     }
     Ok(())
 }
@@ -228,10 +467,6 @@ async fn publish(ctx: &Context, model: &MLModel, type_: EventType, reason: &str,
     }
 }
 
-fn template_hash(d: &Deployment) -> Option<&str> {
-    d.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(labels::ROLLOUT_HASH).map(String::as_str)
-}
-
 /// Events for a created Deployment or a new rollout (the pod template hash changed).
 async fn announce_rollout(ctx: &Context, model: &MLModel, before: Option<&Deployment>, desired: &Deployment) {
     let version = model.spec.model.version.clone().unwrap_or_else(|| "unversioned".into());
@@ -247,7 +482,7 @@ async fn announce_rollout(ctx: &Context, model: &MLModel, before: Option<&Deploy
             )
             .await;
         }
-        Some(b) if template_hash(b) != template_hash(desired) => {
+        Some(b) if rollback::template_hash(b) != rollback::template_hash(desired) => {
             info!(model = %model.name_any(), %version, "rolling out a new pod template");
             publish(ctx, model, EventType::Normal, "RolloutStarted", format!("rolling out model {version}")).await;
         }

@@ -4,10 +4,11 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use modelship_crds::condition::{DEGRADED, PROGRESSING, READY};
-use modelship_crds::{MLModel, MLModelStatus};
+use modelship_crds::condition::{CANARY_READY, DEGRADED, PROGRESSING, READY};
+use modelship_crds::{CanarySpec, MLModel, MLModelStatus, ModelSpec, RollbackStatus, TrafficStatus};
 
 use crate::desired;
+use crate::rollback::Health;
 
 /// A problem with the model source that stops us from rolling out the current spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,16 +30,17 @@ impl SourceProblem {
     }
 
     pub fn message(&self) -> String {
+        self.message_for("spec.model.uri")
+    }
+
+    /// The message, naming `field` as the reference (`spec.canary.model.uri` for the canary).
+    pub fn message_for(&self, field: &str) -> String {
         match self {
             Self::InvalidReference(m) => m.clone(),
-            Self::ConfigMapNotFound { name } => {
-                format!("ConfigMap {name:?} referenced by spec.model.uri does not exist")
-            }
-            Self::ConfigMapKeyNotFound { name, key } => {
-                format!("ConfigMap {name:?} has no key {key:?} (spec.model.uri)")
-            }
+            Self::ConfigMapNotFound { name } => format!("ConfigMap {name:?} referenced by {field} does not exist"),
+            Self::ConfigMapKeyNotFound { name, key } => format!("ConfigMap {name:?} has no key {key:?} ({field})"),
             Self::PvcNotFound { claim } => {
-                format!("PersistentVolumeClaim {claim:?} referenced by spec.model.uri does not exist")
+                format!("PersistentVolumeClaim {claim:?} referenced by {field} does not exist")
             }
         }
     }
@@ -162,10 +164,33 @@ fn truncate(mut s: String) -> String {
 pub struct Observed<'a> {
     /// The live Deployment (after our apply, when we applied).
     pub deployment: Option<&'a Deployment>,
-    /// The model's server pods (listed only while not Ready).
+    /// The stable track's server pods (listed only while not Ready).
     pub pods: &'a [Pod],
     /// Why the current spec could not be applied, if it could not.
     pub source_problem: Option<&'a SourceProblem>,
+    /// The model the stable Deployment runs, when not `spec.model` (after a rollback).
+    pub served: Option<&'a ModelSpec>,
+    /// Why the stable track runs the last good model instead of `spec.model`.
+    pub rolled_back: Option<&'a str>,
+    /// The canary track, while `spec.canary` is set.
+    pub canary: Option<CanaryObserved<'a>>,
+    /// The traffic split in effect, while `spec.canary` is set.
+    pub traffic: Option<TrafficStatus>,
+    /// The rollback record to keep in status.
+    pub rollback: Option<RollbackStatus>,
+}
+
+/// What reconcile observed of the canary track.
+pub struct CanaryObserved<'a> {
+    pub spec: &'a CanarySpec,
+    /// The live canary Deployment.
+    pub deployment: Option<&'a Deployment>,
+    /// How its rollout is going.
+    pub health: Health,
+    /// Why the canary's model source is unusable, if it is.
+    pub source_problem: Option<&'a SourceProblem>,
+    /// Why the canary is scaled to zero, when it failed.
+    pub rolled_back: Option<&'a str>,
 }
 
 fn condition(
@@ -254,16 +279,84 @@ pub fn compute(model: &MLModel, obs: &Observed<'_>, now: &Time) -> MLModelStatus
         }
     };
 
+    let stable_good = obs.source_problem.is_none()
+        && obs.rolled_back.is_none()
+        && ready.status == "True"
+        && obs.served.is_none_or(|m| *m == model.spec.model);
+    let (mut ready, mut progressing, mut degraded) = (ready, progressing, degraded);
+    if let Some(msg) = obs.rolled_back {
+        let serving = obs.served.and_then(|m| m.version.as_deref()).unwrap_or("the last good model");
+        ready = c(READY, false, "RolledBack", format!("{msg}; {ready_replicas} replica(s) serve {serving}"));
+        progressing =
+            c(PROGRESSING, false, "RolledBack", "the failed version is not retried until spec.model changes".into());
+        degraded = c(DEGRADED, true, "RolledBack", msg.to_string());
+    }
+
+    let mut conditions = vec![];
+    let mut canary_fields = (None, None, 0, 0);
+    if let Some(canary) = &obs.canary {
+        let cst = canary.deployment.and_then(|d| d.status.clone()).unwrap_or_default();
+        let c_ready = cst.ready_replicas.unwrap_or(0);
+        let c_desired = canary.deployment.and_then(|d| d.spec.as_ref().and_then(|s| s.replicas)).unwrap_or(0);
+        let version = canary.spec.model.version.clone().unwrap_or_else(|| "the canary".into());
+        let share = obs.traffic.as_ref().map(|t| t.canary_percent).unwrap_or(0);
+        let canary_ready = match (canary.source_problem, canary.rolled_back, &canary.health) {
+            (Some(p), _, _) => c(CANARY_READY, false, p.reason(), p.message_for("spec.canary.model.uri")),
+            (None, Some(msg), _) => c(CANARY_READY, false, "CanaryRolledBack", msg.to_string()),
+            (None, None, Health::Available) => c(
+                CANARY_READY,
+                true,
+                "Available",
+                format!("canary {version}: {c_ready}/{c_desired} replicas ready, serving {share}% of requests"),
+            ),
+            (None, None, Health::Failed { reason, message }) => c(CANARY_READY, false, reason, message.clone()),
+            (None, None, Health::Progressing) => {
+                let msg = format!("canary {version}: {c_ready}/{c_desired} replicas ready, taking over its share");
+                c(CANARY_READY, false, "RolloutInProgress", msg)
+            }
+        };
+        if canary_ready.status != "True" && degraded.status != "True" {
+            if let Some(p) = canary.source_problem {
+                degraded = c(DEGRADED, true, p.reason(), p.message_for("spec.canary.model.uri"));
+            } else if let Some(msg) = canary.rolled_back {
+                degraded = c(DEGRADED, true, "CanaryRolledBack", msg.to_string());
+            }
+        }
+        if canary_ready.status != "True" && ready.status == "True" {
+            ready = c(READY, false, &canary_ready.reason, canary_ready.message.clone());
+            if canary.source_problem.is_none() && canary.rolled_back.is_none() {
+                progressing = c(PROGRESSING, true, "CanaryRolloutInProgress", canary_ready.message.clone());
+            }
+        }
+        conditions.push(canary_ready);
+        canary_fields = (canary.spec.model.version.clone(), Some(c_ready), cst.replicas.unwrap_or(0), c_desired);
+    }
+    conditions.splice(0..0, [ready, progressing, degraded]);
+
+    let (canary_version, canary_ready_replicas, canary_pods, canary_desired) = canary_fields;
+    let all_ready = ready_replicas + canary_ready_replicas.unwrap_or(0);
+    let served = obs.served.unwrap_or(&model.spec.model);
     MLModelStatus {
         observed_generation: generation,
-        conditions: vec![ready, progressing, degraded],
-        replicas: d_status.replicas.unwrap_or(0),
-        ready_replicas,
+        conditions,
+        replicas: d_status.replicas.unwrap_or(0) + canary_pods,
+        ready_replicas: all_ready,
         updated_replicas: d_status.updated_replicas.unwrap_or(0),
-        replica_summary: Some(format!("{ready_replicas}/{desired_replicas}")),
+        replica_summary: Some(format!("{all_ready}/{}", desired_replicas + canary_desired)),
         url: Some(desired::service_url(model)),
-        model_version: model.spec.model.version.clone(),
+        model_version: served.version.clone(),
         selector: Some(desired::pod_selector_string(model)),
+        stable_version: obs.canary.as_ref().and(served.version.clone()),
+        stable_ready_replicas: obs.canary.as_ref().map(|_| ready_replicas),
+        canary_version,
+        canary_ready_replicas,
+        traffic: obs.traffic.clone(),
+        last_good_model: if stable_good {
+            Some(model.spec.model.clone())
+        } else {
+            model.status.as_ref().and_then(|s| s.last_good_model.clone())
+        },
+        rollback: obs.rollback.clone(),
     }
 }
 

@@ -7,11 +7,12 @@ use common::{argocd_model, model, settings};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use modelship_crds::{ModelUri, labels};
-use modelship_operator::desired::{self, MODEL_MOUNT, SourceVersion};
+use modelship_operator::desired::{self, MODEL_MOUNT, ServerPods, SourceVersion};
 
 fn build(m: &modelship_crds::MLModel) -> Deployment {
     let uri = ModelUri::parse(&m.spec.model.uri).expect("valid uri");
-    desired::deployment(m, &uri, &settings(), &SourceVersion { content_hash: Some("c0ffee".into()) })
+    let source = SourceVersion { content_hash: Some("c0ffee".into()) };
+    desired::deployment(m, &ServerPods::stable(m, &uri, &source), &settings())
 }
 
 fn pod(d: &Deployment) -> &PodSpec {
@@ -157,7 +158,7 @@ fn pods_are_restricted_probed_and_roll_with_no_unavailability() {
 fn rollout_hash_changes_exactly_when_pods_must_change() {
     let base = model("configmap://iris-model/model.json");
     let hash = |m: &modelship_crds::MLModel, content: &str| {
-        desired::rollout_hash(m, &settings(), &SourceVersion { content_hash: Some(content.into()) })
+        desired::rollout_hash(m, &m.spec.model, &settings(), &SourceVersion { content_hash: Some(content.into()) })
     };
     let h0 = hash(&base, "c1");
     assert_eq!(h0, hash(&base.clone(), "c1"), "deterministic");
@@ -180,10 +181,15 @@ fn rollout_hash_changes_exactly_when_pods_must_change() {
     assert_eq!(h0, hash(&m, "c1"), "replicas and Service settings do not restart pods");
     let other = desired::rollout_hash(
         &base,
+        &base.spec.model,
         &modelship_operator::desired::Settings { server_image: "other:1".into() },
         &SourceVersion::default(),
     );
-    assert_ne!(other, desired::rollout_hash(&base, &settings(), &SourceVersion::default()), "operator's server image");
+    assert_ne!(
+        other,
+        desired::rollout_hash(&base, &base.spec.model, &settings(), &SourceVersion::default()),
+        "operator's server image"
+    );
 }
 
 #[test]

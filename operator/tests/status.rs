@@ -41,7 +41,7 @@ fn cond<'a>(s: &'a MLModelStatus, t: &str) -> (&'a str, &'a str) {
 fn compute(d: Option<&Deployment>, pods: &[Pod], problem: Option<&SourceProblem>) -> MLModelStatus {
     status::compute(
         &model("configmap://iris-model/model.json"),
-        &Observed { deployment: d, pods, source_problem: problem },
+        &Observed { deployment: d, pods, source_problem: problem, ..Default::default() },
         &now(),
     )
 }
@@ -202,7 +202,7 @@ fn transition_times_are_kept_when_status_does_not_change() {
     let later = Time("2026-12-01T11:00:00Z".parse().unwrap());
     let mut again = status::compute(
         &model("configmap://iris-model/model.json"),
-        &Observed { deployment: Some(&d), pods: &[], source_problem: None },
+        &Observed { deployment: Some(&d), pods: &[], ..Default::default() },
         &later,
     );
     assert_ne!(again, first, "fresh times differ");
@@ -212,7 +212,7 @@ fn transition_times_are_kept_when_status_does_not_change() {
     let progressing = deploy(3, 3, 1, 2, 1, 1);
     let mut changed = status::compute(
         &model("configmap://iris-model/model.json"),
-        &Observed { deployment: Some(&progressing), pods: &[], source_problem: None },
+        &Observed { deployment: Some(&progressing), pods: &[], ..Default::default() },
         &later,
     );
     status::keep_transition_times(Some(&first), &mut changed);
@@ -228,4 +228,153 @@ fn ready_needs_the_current_generation() {
     assert!(status::is_ready(&m, &s));
     s.observed_generation = Some(2);
     assert!(!status::is_ready(&m, &s));
+}
+
+mod canary_and_rollback {
+    use modelship_crds::condition::CANARY_READY;
+    use modelship_crds::{CanarySpec, MLModel, ModelSpec, RollbackStatus, TrafficStatus};
+    use modelship_operator::rollback::Health;
+    use modelship_operator::status::CanaryObserved;
+
+    use super::*;
+
+    fn canary_spec() -> CanarySpec {
+        serde_json::from_value(serde_json::json!({
+            "model": {"uri": "configmap://iris-v2/model.json", "version": "v2"}, "trafficPercent": 20,
+        }))
+        .unwrap()
+    }
+
+    fn split() -> Option<TrafficStatus> {
+        Some(TrafficStatus { mode: "Replicas".into(), stable_percent: 80, canary_percent: 20 })
+    }
+
+    fn with(m: &MLModel, obs: Observed<'_>) -> MLModelStatus {
+        status::compute(m, &obs, &now())
+    }
+
+    #[test]
+    fn an_available_canary_is_ready_and_counts_in_the_totals() {
+        let m = model("configmap://iris-model/model.json");
+        let (stable, canary_d, spec) = (deploy(3, 3, 4, 4, 4, 4), deploy(1, 1, 1, 1, 1, 1), canary_spec());
+        let canary = CanaryObserved {
+            spec: &spec,
+            deployment: Some(&canary_d),
+            health: Health::Available,
+            source_problem: None,
+            rolled_back: None,
+        };
+        let st = with(
+            &m,
+            Observed { deployment: Some(&stable), canary: Some(canary), traffic: split(), ..Default::default() },
+        );
+        assert_eq!(cond(&st, READY), ("True", "Available"));
+        assert_eq!(cond(&st, CANARY_READY), ("True", "Available"));
+        assert!(st.condition(CANARY_READY).unwrap().message.contains("serving 20% of requests"));
+        assert_eq!((st.replicas, st.ready_replicas, st.replica_summary.as_deref()), (5, 5, Some("5/5")));
+        assert_eq!((st.stable_version.as_deref(), st.canary_version.as_deref()), (Some("v1"), Some("v2")));
+        assert_eq!((st.stable_ready_replicas, st.canary_ready_replicas), (Some(4), Some(1)));
+        assert_eq!(st.traffic, split());
+        assert_eq!(st.last_good_model.as_ref(), Some(&m.spec.model), "a Ready stable track is the last good model");
+    }
+
+    #[test]
+    fn a_canary_still_rolling_out_keeps_the_model_not_ready() {
+        let m = model("configmap://iris-model/model.json");
+        let (stable, canary_d, spec) = (deploy(3, 3, 5, 5, 5, 5), deploy(1, 1, 1, 1, 1, 0), canary_spec());
+        let canary = CanaryObserved {
+            spec: &spec,
+            deployment: Some(&canary_d),
+            health: Health::Progressing,
+            source_problem: None,
+            rolled_back: None,
+        };
+        let st = with(&m, Observed { deployment: Some(&stable), canary: Some(canary), ..Default::default() });
+        assert_eq!(cond(&st, READY), ("False", "RolloutInProgress"));
+        assert_eq!(cond(&st, PROGRESSING), ("True", "CanaryRolloutInProgress"));
+        assert_eq!(cond(&st, CANARY_READY), ("False", "RolloutInProgress"));
+        assert_eq!(cond(&st, DEGRADED).0, "False");
+    }
+
+    #[test]
+    fn a_rolled_back_canary_degrades_the_model() {
+        let m = model("configmap://iris-model/model.json");
+        let (stable, canary_d, spec) = (deploy(3, 3, 5, 5, 5, 5), deploy(2, 2, 0, 0, 0, 0), canary_spec());
+        let msg = "canary failed (CrashLoopBackOff: 1 server container(s) cannot start); scaled to zero";
+        let canary = CanaryObserved {
+            spec: &spec,
+            deployment: Some(&canary_d),
+            health: Health::Progressing,
+            source_problem: None,
+            rolled_back: Some(msg),
+        };
+        let st = with(&m, Observed { deployment: Some(&stable), canary: Some(canary), ..Default::default() });
+        assert_eq!(cond(&st, DEGRADED), ("True", "CanaryRolledBack"));
+        assert_eq!(st.condition(DEGRADED).unwrap().message, msg);
+        assert_eq!(cond(&st, READY), ("False", "CanaryRolledBack"));
+        assert_eq!(cond(&st, CANARY_READY), ("False", "CanaryRolledBack"));
+        assert_eq!(cond(&st, PROGRESSING).0, "False", "nothing is in flight");
+    }
+
+    #[test]
+    fn a_missing_canary_source_names_the_canary_field() {
+        let m = model("configmap://iris-model/model.json");
+        let (stable, spec) = (deploy(3, 3, 5, 5, 5, 5), canary_spec());
+        let problem = SourceProblem::ConfigMapNotFound { name: "iris-v2".into() };
+        let canary = CanaryObserved {
+            spec: &spec,
+            deployment: None,
+            health: Health::Progressing,
+            source_problem: Some(&problem),
+            rolled_back: None,
+        };
+        let st = with(&m, Observed { deployment: Some(&stable), canary: Some(canary), ..Default::default() });
+        assert_eq!(cond(&st, DEGRADED), ("True", "ConfigMapNotFound"));
+        assert!(st.condition(DEGRADED).unwrap().message.contains("spec.canary.model.uri"));
+        assert_eq!(cond(&st, CANARY_READY), ("False", "ConfigMapNotFound"));
+    }
+
+    #[test]
+    fn a_rolled_back_stable_version_reports_what_serves() {
+        let mut m = model("configmap://iris-model/model.json");
+        m.spec.model.version = Some("v2".into());
+        let good: ModelSpec =
+            serde_json::from_value(serde_json::json!({"uri": "configmap://iris-model/model.json", "version": "v1"}))
+                .unwrap();
+        m.status = Some(MLModelStatus { last_good_model: Some(good.clone()), ..Default::default() });
+        let stable = deploy(3, 3, 2, 2, 2, 2);
+        let rollback = RollbackStatus {
+            failed_stable: Some("abc".into()),
+            stable_message: Some("v2 failed".into()),
+            ..Default::default()
+        };
+        let st = with(
+            &m,
+            Observed {
+                deployment: Some(&stable),
+                served: Some(&good),
+                rolled_back: Some("v2 failed (CrashLoopBackOff: ...); rolled back to v1"),
+                rollback: Some(rollback.clone()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(cond(&st, READY), ("False", "RolledBack"));
+        assert_eq!(cond(&st, DEGRADED), ("True", "RolledBack"));
+        assert_eq!(cond(&st, PROGRESSING), ("False", "RolledBack"));
+        assert_eq!(st.model_version.as_deref(), Some("v1"), "the version that serves");
+        assert_eq!(st.last_good_model, Some(good), "still the last good model, not the failed spec");
+        assert_eq!(st.rollback, Some(rollback));
+        assert!(st.condition(CANARY_READY).is_none() && st.traffic.is_none());
+    }
+
+    #[test]
+    fn the_last_good_model_is_kept_while_not_ready() {
+        let mut m = model("configmap://iris-model/model.json");
+        let old: ModelSpec =
+            serde_json::from_value(serde_json::json!({"uri": "configmap://old/model.json", "version": "v0"})).unwrap();
+        m.status = Some(MLModelStatus { last_good_model: Some(old.clone()), ..Default::default() });
+        let rolling = deploy(3, 3, 2, 3, 1, 2);
+        let st = with(&m, Observed { deployment: Some(&rolling), ..Default::default() });
+        assert_eq!(st.last_good_model, Some(old));
+    }
 }

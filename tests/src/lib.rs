@@ -117,6 +117,12 @@ pub fn patch_mlmodel(ns: &str, name: &str, patch: &str) {
     kubectl(&["patch", "mlmodel", name, "-n", ns, "--type", "merge", "-p", patch]).expect("kubectl patch mlmodel");
 }
 
+/// Removes one field of an MLModel (a JSON-patch `remove` at `path`, e.g. `/spec/canary`) with kubectl.
+pub fn remove_mlmodel_field(ns: &str, name: &str, path: &str) {
+    let patch = format!(r#"[{{"op":"remove","path":"{path}"}}]"#);
+    kubectl(&["patch", "mlmodel", name, "-n", ns, "--type", "json", "-p", &patch]).expect("kubectl patch mlmodel");
+}
+
 /// Whether the model is Ready for its current generation (and serving `version`, if given).
 pub fn is_ready(m: &modelship_crds::MLModel, version: Option<&str>) -> bool {
     m.status.as_ref().is_some_and(|s| {

@@ -15,7 +15,7 @@ use kube::{Api, Client, ResourceExt};
 use modelship_crds::MLModel;
 use modelship_tests::{
     Operator, OperatorOptions, TestNamespace, client, install_crd, is_ready, kubectl, kubectl_stdin, patch_mlmodel,
-    root, wait_for, wait_ready,
+    remove_mlmodel_field, root, wait_for, wait_ready,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -291,18 +291,7 @@ async fn kubectl_scale_and_autoscaling() {
         assert!(d.spec.unwrap().replicas.unwrap_or(0) >= 2, "replicas dropped below minReplicas during the handover");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    kubectl(&[
-        "patch",
-        "mlmodel",
-        "iris",
-        "-n",
-        &ns.name,
-        "--type",
-        "json",
-        "-p",
-        r#"[{"op":"remove","path":"/spec/autoscaling"}]"#,
-    ])
-    .unwrap();
+    remove_mlmodel_field(&ns.name, "iris", "/spec/autoscaling");
     wait_for("the HPA to be deleted", T, || async { hpas.get_opt("iris").await.ok().filter(|h| h.is_none()) }).await;
     wait_for("replicas back to spec.replicas", T, || async {
         let d = deployments.get("iris").await.ok()?;

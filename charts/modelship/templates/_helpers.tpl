@@ -45,6 +45,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{/*
 Exactly the API calls the operator makes where MLModels live (operator/src/reconcile.rs, source.rs, main.rs).
 Server-side apply of an object that does not exist yet is authorised as create as well as patch.
+Deletes: a canary Deployment when spec.canary is removed, an HPA when spec.autoscaling is, the
+per-track Services and the HTTPRoute when spec.traffic.gateway is; only objects the MLModel owns.
 */}}
 {{- define "modelship.modelRules" -}}
 - apiGroups: ["modelship.dev"]
@@ -55,10 +57,13 @@ Server-side apply of an object that does not exist yet is authorised as create a
   verbs: ["patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "create", "patch", "delete"]

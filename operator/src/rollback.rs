@@ -1,0 +1,102 @@
+//! Rollback decisions. Pure: a track's live Deployment and pods in, what to serve out.
+//!
+//! A new version (stable or canary) has failed when its pods cannot start (crash loop, image
+//! pull, model load failure) or its rollout passed `spec.rollout.progressDeadlineSeconds`. A
+//! failed stable version is replaced by `status.lastGoodModel`; a failed canary is scaled to
+//! zero. The failed rollout hash is kept in `status.rollback` so it is not retried until the
+//! spec names something else.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use modelship_crds::{ModelSpec, labels};
+
+use crate::status::{self, Rollout};
+
+/// How one track's current rollout is going.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    Progressing,
+    Available,
+    Failed { reason: String, message: String },
+}
+
+/// The pods of `track` whose pod template has rollout hash `hash` (one version's pods).
+pub fn pods_of(pods: &[Pod], track: &str, hash: &str) -> Vec<Pod> {
+    let get = |m: Option<&std::collections::BTreeMap<String, String>>, k: &str| m.and_then(|m| m.get(k)).cloned();
+    pods.iter()
+        .filter(|p| get(p.metadata.labels.as_ref(), labels::TRACK).as_deref() == Some(track))
+        .filter(|p| get(p.metadata.annotations.as_ref(), labels::ROLLOUT_HASH).as_deref() == Some(hash))
+        .cloned()
+        .collect()
+}
+
+/// The rollout hash of a Deployment's pod template.
+pub fn template_hash(d: &Deployment) -> Option<&str> {
+    d.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(labels::ROLLOUT_HASH).map(String::as_str)
+}
+
+/// How the live Deployment's rollout of the version with rollout hash `hash` is going; `pods`
+/// are that version's pods. A Deployment still on another template is Progressing.
+pub fn health(live: Option<&Deployment>, hash: &str, pods: &[Pod]) -> Health {
+    let Some(d) = live.filter(|d| template_hash(d) == Some(hash)) else {
+        return Health::Progressing;
+    };
+    match status::rollout(Some(d)) {
+        Rollout::Complete => Health::Available,
+        Rollout::DeadlineExceeded(message) => Health::Failed { reason: "ProgressDeadlineExceeded".into(), message },
+        Rollout::Missing | Rollout::InProgress(_) => match status::pod_problem(pods) {
+            Some((reason, message)) => Health::Failed { reason, message },
+            None => Health::Progressing,
+        },
+    }
+}
+
+/// What the stable Deployment should run.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StableChoice {
+    /// `spec.model`, as the spec says.
+    Spec,
+    /// The last good model, because `spec.model` failed (now, or before: `newly` says which).
+    LastGood { model: ModelSpec, newly: Option<String> },
+}
+
+/// Decides the stable track. `desired_hash` is the rollout hash of `spec.model`; `failed` is
+/// `status.rollback.failedStable`. A failure rolls back only when there is a last good model
+/// that differs from the spec (a first deploy that fails has nothing to go back to).
+pub fn stable_choice(
+    spec_model: &ModelSpec,
+    desired_hash: &str,
+    health: &Health,
+    last_good: Option<&ModelSpec>,
+    failed: Option<&str>,
+) -> StableChoice {
+    let Some(good) = last_good.filter(|g| *g != spec_model) else {
+        return StableChoice::Spec;
+    };
+    if failed == Some(desired_hash) {
+        return StableChoice::LastGood { model: good.clone(), newly: None };
+    }
+    match health {
+        Health::Failed { reason, message } => {
+            let version = spec_model.version.as_deref().unwrap_or("the new model");
+            let back = good.version.as_deref().unwrap_or("the last good model");
+            StableChoice::LastGood {
+                model: good.clone(),
+                newly: Some(format!("{version} failed ({reason}: {message}); rolled back to {back}")),
+            }
+        }
+        _ => StableChoice::Spec,
+    }
+}
+
+/// `Some(message)` when the canary with rollout hash `hash` has just failed; `None` while it is
+/// fine, and when it already failed before (`failed` is `status.rollback.failedCanary`).
+pub fn canary_failed_now(health: &Health, hash: &str, failed: Option<&str>) -> Option<String> {
+    if failed == Some(hash) {
+        return None;
+    }
+    match health {
+        Health::Failed { reason, message } => Some(format!("canary failed ({reason}: {message}); scaled to zero")),
+        _ => None,
+    }
+}
