@@ -80,6 +80,11 @@ pub fn rollout(d: Option<&Deployment>) -> Rollout {
     if replicas > updated {
         return Rollout::InProgress(format!("{} old replicas are pending termination", replicas - updated));
     }
+    // kubectl calls a scale-down done once the ReplicaSet is resized; we wait for the pods to go,
+    // so a canary's share is really in place before Ready (and the split in status is real).
+    if replicas > want {
+        return Rollout::InProgress(format!("{} surplus replicas are being removed", replicas - want));
+    }
     if available < updated {
         return Rollout::InProgress(format!("{available} of {updated} updated replicas are available"));
     }

@@ -86,6 +86,14 @@ fn rollout_in_flight_states_are_not_ready() {
 }
 
 #[test]
+fn a_scale_down_is_in_progress_until_the_surplus_pods_are_gone() {
+    let d = deploy(3, 3, 4, 5, 5, 5);
+    let st = compute(Some(&d), &[], None);
+    assert_eq!(cond(&st, READY), ("False", "RolloutInProgress"));
+    assert!(st.condition(READY).unwrap().message.contains("1 surplus replicas"), "{:?}", st.condition(READY));
+}
+
+#[test]
 fn insufficient_replicas_with_a_missing_deployment() {
     let s = compute(None, &[], None);
     assert_eq!(cond(&s, READY), ("False", "Creating"));

@@ -201,10 +201,59 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-/// A `modelship-operator` process run out of cluster from the freshly built binary.
+/// The server image the tests' operators put in model pods: `MODELSHIP_TEST_SERVER_IMAGE`
+/// (the image loaded into kind), else a name that only kwok's fake pods can "run".
+pub fn server_image() -> String {
+    std::env::var("MODELSHIP_TEST_SERVER_IMAGE").unwrap_or_else(|_| "modelship-server:test".into())
+}
+
+/// A way for a model version to fail, for the rollback tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    CrashLoop,
+    NeverReady,
+}
+
+/// Whether faults are real (`MODELSHIP_TEST_FAULTS=real`: pods really run, as on kind) or
+/// simulated by kwok's fault stages on the local plane (tests/cluster/kwok-stages, the default).
+pub fn real_faults() -> bool {
+    std::env::var("MODELSHIP_TEST_FAULTS").as_deref() == Ok("real")
+}
+
+/// `spec.model` (or `spec.canary.model`) of the iris example at `version`.
+pub fn iris_model(version: &str) -> serde_json::Value {
+    serde_json::json!({"uri": "configmap://iris-model/model.json", "version": version})
+}
+
+/// A model whose pods fail the way `fault` says. Real: a checksum the artifact does not have
+/// (the server exits, the pod crash-loops) or an address that never answers (never ready). kwok:
+/// the version label its fault stages select.
+pub fn failing_model(fault: Fault) -> serde_json::Value {
+    let version = match fault {
+        Fault::CrashLoop => "fault-crash-loop",
+        Fault::NeverReady => "fault-never-ready",
+    };
+    let mut m = iris_model(version);
+    if real_faults() {
+        match fault {
+            Fault::CrashLoop => m["sha256"] = "0".repeat(64).into(),
+            Fault::NeverReady => m["uri"] = "http://10.255.255.1/model.json".into(),
+        }
+    }
+    m
+}
+
+/// The operator under test: by default a `modelship-operator` process per test, run out of
+/// cluster from the freshly built binary and watching only the test's namespace.
+///
+/// With `MODELSHIP_OPERATOR=external`, one operator that watches every namespace is already
+/// running (the in-cluster one on kind, installed by the Helm chart; or `tests/external-operator`
+/// here) and the suite reaches it through three shell commands:
+/// `MODELSHIP_OPERATOR_METRICS_CMD` (prints its /metrics), `MODELSHIP_OPERATOR_RESTART_CMD`
+/// (kills it and waits for the replacement) and `MODELSHIP_OPERATOR_LOGS_CMD`. Run that mode
+/// with one test thread: its metrics are shared by every test.
 pub struct Operator {
-    child: Child,
-    pub metrics_port: u16,
+    process: Option<(Child, u16)>,
     pub log: PathBuf,
 }
 
@@ -233,8 +282,39 @@ impl OperatorOptions {
     }
 }
 
+fn external() -> bool {
+    match std::env::var("MODELSHIP_OPERATOR").as_deref() {
+        Ok("external") => true,
+        Ok("") | Ok("own") | Err(_) => false,
+        Ok(other) => panic!("MODELSHIP_OPERATOR={other}: expected `own` or `external`"),
+    }
+}
+
+/// Runs one of the external operator's commands (see [`Operator`]).
+fn external_cmd(var: &str) -> String {
+    let cmd = std::env::var(var).unwrap_or_else(|_| panic!("MODELSHIP_OPERATOR=external needs ${var}"));
+    let out = Command::new("sh").args(["-c", &cmd]).output().unwrap_or_else(|e| panic!("{var}: {e}"));
+    assert!(out.status.success(), "{var} ({cmd}) failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 impl Operator {
+    /// The operator for a test: its own process, or the external one (see [`Operator`]).
     pub fn start(opts: &OperatorOptions) -> Self {
+        if external() {
+            return Self { process: None, log: PathBuf::new() };
+        }
+        Self::start_own(opts)
+    }
+
+    /// An operator process of the test's own, even with `MODELSHIP_OPERATOR=external`: for tests
+    /// about the process itself (leader election between replicas, a ServiceAccount's token).
+    pub fn start_own(opts: &OperatorOptions) -> Self {
+        assert!(
+            !external(),
+            "this test runs operator processes of its own next to the external one, which would make two \
+             writers: run it without MODELSHIP_OPERATOR=external"
+        );
         let metrics_port = free_port();
         let log = std::env::temp_dir().join(format!("modelship-operator-{}-{}.log", opts.identity, metrics_port));
         let file = std::fs::File::create(&log).expect("operator log file");
@@ -253,18 +333,21 @@ impl Operator {
             ])
             .args(["--identity", &opts.identity, "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(["--leader-elect", if opts.leader_elect { "true" } else { "false" }])
-            .args(["--server-image", "modelship-server:test"])
+            .args(["--server-image", &server_image()])
             .env("RUST_LOG", "info,kube=warn")
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)
             .spawn()
             .expect("start modelship-operator");
-        Self { child, metrics_port, log }
+        Self { process: Some((child, metrics_port)), log }
     }
 
     /// The operator's Prometheus metrics text.
     pub async fn metrics(&self) -> Option<String> {
-        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port)).await.ok()?.text().await.ok()
+        match &self.process {
+            Some((_, port)) => reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?.text().await.ok(),
+            None => tokio::task::spawn_blocking(|| external_cmd("MODELSHIP_OPERATOR_METRICS_CMD")).await.ok(),
+        }
     }
 
     /// The value of one sample (exact series text, labels included), 0 when absent.
@@ -277,33 +360,50 @@ impl Operator {
             .unwrap_or(0.0)
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends SIGTERM and waits for exit; returns whether it exited successfully.
+    /// Sends SIGTERM and waits for exit; returns whether it exited successfully. The external
+    /// operator is restarted instead.
     pub fn terminate(mut self) -> bool {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        self.child.wait().map(|s| s.success()).unwrap_or(false)
+        match self.process.as_mut() {
+            Some((child, _)) => {
+                let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+                child.wait().map(|s| s.success()).unwrap_or(false)
+            }
+            None => {
+                external_cmd("MODELSHIP_OPERATOR_RESTART_CMD");
+                true
+            }
+        }
     }
 
-    /// Kills the process at once (a crash).
+    /// Kills the process at once (a crash); the external operator is restarted.
     pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match self.process.as_mut() {
+            Some((child, _)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            None => {
+                external_cmd("MODELSHIP_OPERATOR_RESTART_CMD");
+            }
+        }
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        match &self.process {
+            Some(_) => std::fs::read_to_string(&self.log).unwrap_or_default(),
+            None => external_cmd("MODELSHIP_OPERATOR_LOGS_CMD"),
+        }
     }
 }
 
 impl Drop for Operator {
     fn drop(&mut self) {
+        let Some((child, _)) = self.process.as_mut() else { return };
         if std::thread::panicking() {
-            eprintln!("==== operator log {} ====\n{}", self.log.display(), self.log_text());
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!("==== operator log {} ====\n{log}", self.log.display());
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

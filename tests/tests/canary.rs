@@ -4,7 +4,8 @@
 //!
 //! Failing pods come from the local plane's kwok stages (tests/cluster/kwok-stages): a pod whose
 //! version label is `fault-crash-loop` crash-loops, one labelled `fault-never-ready` never
-//! becomes ready.
+//! becomes ready. Where pods really run (kind), `MODELSHIP_TEST_FAULTS=real` makes them fail for
+//! real instead (see `failing_model`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -17,9 +18,10 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 use modelship_crds::MLModel;
 use modelship_tests::{
-    Operator, OperatorOptions, TestNamespace, client, install_crd, kubectl, patch_mlmodel, remove_mlmodel_field, root,
-    wait_for, wait_ready,
+    Fault, Operator, OperatorOptions, TestNamespace, client, failing_model, install_crd, iris_model, kubectl,
+    patch_mlmodel, real_faults, remove_mlmodel_field, root, wait_for, wait_ready,
 };
+use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -35,11 +37,13 @@ async fn setup(prefix: &str, replicas: i32) -> (Client, TestNamespace, Operator,
     (c, ns, op, models)
 }
 
-/// A merge patch that sets `spec.canary` to the iris model at `version`.
-fn canary_patch(version: &str, percent: i32, extra: &str) -> String {
-    format!(
-        r#"{{"spec":{{"canary":{{"model":{{"uri":"configmap://iris-model/model.json","version":"{version}"}},"trafficPercent":{percent}}}{extra}}}}}"#
-    )
+/// A merge patch that sets `spec.canary` to `model` at `percent`, plus `extra` spec fields.
+fn canary_patch(model: Value, percent: i32, extra: Value) -> String {
+    let mut spec = json!({"canary": {"model": model, "trafficPercent": percent}});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    json!({"spec": spec}).to_string()
 }
 
 fn replicas(d: &Deployment) -> (i32, i32) {
@@ -66,7 +70,7 @@ fn event_reasons(ns: &str) -> String {
 #[tokio::test]
 async fn a_canary_at_20_percent_gets_one_of_five_pods_and_ends_when_removed() {
     let (c, ns, _op, models) = setup("canary", 5).await;
-    patch_mlmodel(&ns.name, "iris", &canary_patch("v2", 20, ""));
+    patch_mlmodel(&ns.name, "iris", &canary_patch(iris_model("v2"), 20, json!({})));
     let m = condition(&models, "CanaryReady", "True", "Available").await;
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
     let stable = wait_for("stable at 4 replicas", T, || async {
@@ -137,7 +141,11 @@ async fn gateway_mode_routes_by_httproute_weights() {
     patch_mlmodel(
         &ns.name,
         "iris",
-        &canary_patch("v2", 30, r#","traffic":{"gateway":{"name":"public","namespace":"infra","sectionName":"http"}}"#),
+        &canary_patch(
+            iris_model("v2"),
+            30,
+            json!({"traffic": {"gateway": {"name": "public", "namespace": "infra", "sectionName": "http"}}}),
+        ),
     );
     let m = wait_ready(&models, "iris", None, T).await;
     let traffic = m.status.unwrap().traffic.unwrap();
@@ -191,11 +199,12 @@ async fn gateway_mode_routes_by_httproute_weights() {
 #[tokio::test]
 async fn a_crash_looping_canary_is_scaled_to_zero_with_degraded_and_an_event() {
     let (c, ns, _op, models) = setup("canary-crash", 4).await;
-    patch_mlmodel(&ns.name, "iris", &canary_patch("fault-crash-loop", 25, ""));
+    patch_mlmodel(&ns.name, "iris", &canary_patch(failing_model(Fault::CrashLoop), 25, json!({})));
     let m = condition(&models, "Degraded", "True", "CanaryRolledBack").await;
     let st = m.status.unwrap();
     let msg = &st.condition("Degraded").unwrap().message;
-    assert!(msg.contains("CrashLoopBackOff") && msg.contains("scaled to zero"), "{msg}");
+    assert!(msg.contains("scaled to zero"), "{msg}");
+    assert!(msg.contains(if real_faults() { "failed (" } else { "CrashLoopBackOff" }), "{msg}");
     assert_eq!(st.condition("CanaryReady").unwrap().status, "False");
     assert_eq!(st.condition("Ready").unwrap().status, "False", "the spec is not what serves");
     assert!(st.rollback.as_ref().unwrap().failed_canary.is_some());
@@ -214,7 +223,9 @@ async fn a_crash_looping_canary_is_scaled_to_zero_with_degraded_and_an_event() {
     .await;
 
     // A fixed canary is tried again.
-    patch_mlmodel(&ns.name, "iris", r#"{"spec":{"canary":{"model":{"version":"v2"}}}}"#);
+    let mut fixed = iris_model("v2");
+    fixed["sha256"] = Value::Null; // a merge patch null removes the bad checksum of a real fault
+    patch_mlmodel(&ns.name, "iris", &json!({"spec": {"canary": {"model": fixed}}}).to_string());
     let m = condition(&models, "CanaryReady", "True", "Available").await;
     assert!(m.status.unwrap().rollback.is_none_or(|r| r.failed_canary.is_none()));
 }
@@ -225,11 +236,12 @@ async fn a_canary_never_ready_within_the_deadline_is_rolled_back() {
     patch_mlmodel(
         &ns.name,
         "iris",
-        &canary_patch("fault-never-ready", 50, r#","rollout":{"progressDeadlineSeconds":6}"#),
+        &canary_patch(failing_model(Fault::NeverReady), 50, json!({"rollout": {"progressDeadlineSeconds": 6}})),
     );
     let m = condition(&models, "Degraded", "True", "CanaryRolledBack").await;
     let msg = m.status.unwrap().condition("Degraded").unwrap().message.clone();
-    assert!(msg.contains("ProgressDeadlineExceeded"), "{msg}");
+    // A real unreachable URL may also end in a crash loop once the server's connect timeout hits.
+    assert!(msg.contains("ProgressDeadlineExceeded") || (real_faults() && msg.contains("failed (")), "{msg}");
 }
 
 #[tokio::test]
@@ -241,7 +253,7 @@ async fn a_crash_looping_stable_version_is_rolled_back_to_the_last_good_one() {
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
     let min_available = AvailableWatch::start(&deployments, &["iris"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    patch_mlmodel(&ns.name, "iris", r#"{"spec":{"model":{"version":"fault-crash-loop"}}}"#);
+    patch_mlmodel(&ns.name, "iris", &json!({"spec": {"model": failing_model(Fault::CrashLoop)}}).to_string());
     let m = condition(&models, "Degraded", "True", "RolledBack").await;
     let st = m.status.unwrap();
     let msg = &st.condition("Degraded").unwrap().message;
@@ -267,7 +279,9 @@ async fn a_crash_looping_stable_version_is_rolled_back_to_the_last_good_one() {
     );
 
     // The next spec is tried again, and becomes the last good model.
-    patch_mlmodel(&ns.name, "iris", r#"{"spec":{"model":{"version":"v3"}}}"#);
+    let mut fixed = iris_model("v3");
+    fixed["sha256"] = json!(good.sha256);
+    patch_mlmodel(&ns.name, "iris", &json!({"spec": {"model": fixed}}).to_string());
     let m = wait_ready(&models, "iris", Some("v3"), T).await;
     let st = m.status.unwrap();
     assert!(st.rollback.is_none(), "{:?}", st.rollback);
@@ -339,7 +353,7 @@ impl Drop for AvailableWatch {
 #[tokio::test]
 async fn promotion_by_a_spec_edit_never_drops_ready_pods_below_desired() {
     let (c, ns, _op, models) = setup("promote", 4).await;
-    patch_mlmodel(&ns.name, "iris", &canary_patch("v2", 25, ""));
+    patch_mlmodel(&ns.name, "iris", &canary_patch(iris_model("v2"), 25, json!({})));
     wait_ready(&models, "iris", None, T).await;
     condition(&models, "CanaryReady", "True", "Available").await;
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);

@@ -217,7 +217,7 @@ async fn the_operator_on_its_chart_service_account_token_serves_a_model() {
 
     let token = kubectl(&["create", "token", &release.name, "-n", &system.name, "--duration", "1h"]).unwrap();
     let kubeconfig = token_kubeconfig(token.trim(), &format!("modelship-{}.kubeconfig", release.name));
-    let op = Operator::start(&OperatorOptions {
+    let op = Operator::start_own(&OperatorOptions {
         lease_name: release.name.clone(),
         lease_namespace: system.name.clone(),
         kubeconfig: Some(kubeconfig),

@@ -15,7 +15,7 @@ use kube::{Api, Client, ResourceExt};
 use modelship_crds::MLModel;
 use modelship_tests::{
     Operator, OperatorOptions, TestNamespace, client, install_crd, is_ready, kubectl, kubectl_stdin, patch_mlmodel,
-    remove_mlmodel_field, root, wait_for, wait_ready,
+    remove_mlmodel_field, root, server_image, wait_for, wait_ready,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -312,7 +312,7 @@ async fn edited_or_deleted_children_are_restored() {
         let d = deployments.get("iris").await.ok()?;
         let spec = d.spec.unwrap();
         let image = spec.template.spec.unwrap().containers[0].image.clone().unwrap_or_default();
-        (image == "modelship-server:test" && spec.replicas == Some(1)).then_some(())
+        (image == server_image() && spec.replicas == Some(1)).then_some(())
     })
     .await;
     let services: Api<Service> = Api::namespaced(c.clone(), &ns.name);
@@ -469,8 +469,8 @@ async fn the_operator_restarted_mid_rollout_converges() {
 async fn two_replicas_with_leader_election_never_both_write() {
     let (c, ns) = setup("leader").await;
     let opts = OperatorOptions::for_namespace(&ns.name);
-    let a = Operator::start(&OperatorOptions { identity: "replica-a".into(), ..opts.clone() });
-    let b = Operator::start(&OperatorOptions { identity: "replica-b".into(), ..opts.clone() });
+    let a = Operator::start_own(&OperatorOptions { identity: "replica-a".into(), ..opts.clone() });
+    let b = Operator::start_own(&OperatorOptions { identity: "replica-b".into(), ..opts.clone() });
     let (models, _) = iris(&c, &ns).await;
     let (a_leads, b_leads) = (leader_of(&a).await, leader_of(&b).await);
     assert!(a_leads ^ b_leads, "exactly one leader (a: {a_leads}, b: {b_leads})");
