@@ -342,6 +342,11 @@ impl Operator {
         Self { process: Some((child, metrics_port)), log }
     }
 
+    /// Whether this is a process of the test's own (not the shared external operator).
+    pub fn is_own(&self) -> bool {
+        self.process.is_some()
+    }
+
     /// The operator's Prometheus metrics text.
     pub async fn metrics(&self) -> Option<String> {
         match &self.process {
