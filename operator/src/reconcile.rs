@@ -215,13 +215,14 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
     // The split in effect, and the Gateway route when there is one.
     let stable_ready = deployment.as_ref().map(available).unwrap_or(0);
     let canary_ready = live_canary_deploy.as_ref().map(available).unwrap_or(0);
+    let mut gateway_problem = None;
     let traffic = match gateway {
         Some(gw) => {
             let percent = model.spec.canary.as_ref().map(|c| c.traffic_percent).unwrap_or(0);
             let serving = live_canary.is_some() && canary_ready > 0;
             let weights = traffic::gateway_weights(percent, serving);
-            sync_gateway(ctx, model, &ns, gw, &weights, canary.is_some()).await?;
-            Some(weights)
+            gateway_problem = sync_gateway(ctx, model, &ns, gw, &weights, canary.is_some()).await?;
+            gateway_problem.is_none().then_some(weights)
         }
         None => {
             if previous.traffic.as_ref().is_some_and(|t| t.mode == "Gateway") {
@@ -255,6 +256,7 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
         canary: canary_observed,
         traffic,
         rollback: rollback_status,
+        gateway_problem: gateway_problem.as_deref(),
     };
     let now = Time(jiff::Timestamp::now());
     let mut new_status = status::compute(model, &observed, &now);
@@ -396,7 +398,8 @@ fn http_route_api(ctx: &Context, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(ctx.client.clone(), ns, &ApiResource::from_gvk(&gvk))
 }
 
-/// Gateway mode: a Service per track and the HTTPRoute with the weights.
+/// Gateway mode: a Service per track and the HTTPRoute with the weights. Returns a problem for
+/// status (not an error to retry fast) when the cluster does not serve the HTTPRoute API.
 async fn sync_gateway(
     ctx: &Context,
     model: &MLModel,
@@ -404,7 +407,7 @@ async fn sync_gateway(
     gateway: &GatewayRef,
     weights: &TrafficStatus,
     with_canary: bool,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     apply(ctx, ns, &traffic::track_service(model, Track::Stable), "apply stable Service").await?;
     let canary_svc = traffic::track_service_name(model, Track::Canary);
     if with_canary {
@@ -415,8 +418,16 @@ async fn sync_gateway(
     let route = traffic::http_route(model, gateway, weights, with_canary);
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     ctx.metrics.applied("apply HTTPRoute");
-    http_route_api(ctx, ns).patch(&model.name_any(), &pp, &Patch::Apply(route)).await.during("apply HTTPRoute")?;
-    Ok(())
+    match http_route_api(ctx, ns).patch(&model.name_any(), &pp, &Patch::Apply(route)).await {
+        Ok(_) => Ok(None),
+        // An apply creates a missing object, so a 404 means the resource type itself is missing.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(Some(
+            "spec.traffic.gateway is set, but this cluster does not serve HTTPRoute \
+             (gateway.networking.k8s.io/v1): install the Gateway API CRDs, or remove spec.traffic"
+                .into(),
+        )),
+        Err(e) => Err(e).during("apply HTTPRoute"),
+    }
 }
 
 /// `spec.traffic.gateway` was removed: delete our HTTPRoute and the per-track Services.

@@ -183,6 +183,8 @@ pub struct Observed<'a> {
     pub traffic: Option<TrafficStatus>,
     /// The rollback record to keep in status.
     pub rollback: Option<RollbackStatus>,
+    /// Why the Gateway route could not be applied (the Gateway API is not installed).
+    pub gateway_problem: Option<&'a str>,
 }
 
 /// What reconcile observed of the canary track.
@@ -335,6 +337,14 @@ pub fn compute(model: &MLModel, obs: &Observed<'_>, now: &Time) -> MLModelStatus
         }
         conditions.push(canary_ready);
         canary_fields = (canary.spec.model.version.clone(), Some(c_ready), cst.replicas.unwrap_or(0), c_desired);
+    }
+    if let Some(msg) = obs.gateway_problem {
+        if degraded.status != "True" {
+            degraded = c(DEGRADED, true, "GatewayAPIUnavailable", msg.to_string());
+        }
+        if ready.status == "True" {
+            ready = c(READY, false, "GatewayAPIUnavailable", msg.to_string());
+        }
     }
     conditions.splice(0..0, [ready, progressing, degraded]);
 

@@ -376,6 +376,18 @@ mod canary_and_rollback {
     }
 
     #[test]
+    fn a_gateway_without_the_gateway_api_degrades_and_says_what_to_install() {
+        let m = model("configmap://iris-model/model.json");
+        let stable = deploy(3, 3, 2, 2, 2, 2);
+        let msg = "spec.traffic.gateway is set, but this cluster does not serve HTTPRoute";
+        let st = with(&m, Observed { deployment: Some(&stable), gateway_problem: Some(msg), ..Default::default() });
+        assert_eq!(cond(&st, DEGRADED), ("True", "GatewayAPIUnavailable"));
+        assert_eq!(cond(&st, READY), ("False", "GatewayAPIUnavailable"));
+        assert_eq!(st.condition(DEGRADED).unwrap().message, msg);
+        assert!(st.traffic.is_none());
+    }
+
+    #[test]
     fn the_last_good_model_is_kept_while_not_ready() {
         let mut m = model("configmap://iris-model/model.json");
         let old: ModelSpec =
