@@ -201,7 +201,7 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
         // The experiment ended: remove the canary once the stable pods carry the whole load.
         None if model.spec.canary.is_none() => {
             if before_canary.is_some() && status::rollout(deployment.as_ref()) == Rollout::Complete {
-                delete_owned::<Deployment>(ctx, model, &ns, &canary_name, "delete canary Deployment").await?;
+                delete_owned(&deployments, model, &canary_name, "delete canary Deployment").await?;
                 (rollback.failed_canary, rollback.canary_message) = (None, None);
                 None
             } else {
@@ -363,24 +363,20 @@ async fn sync_hpa(ctx: &Context, model: &MLModel, ns: &str) -> Result<(), Error>
         apply(ctx, ns, &hpa, "apply HorizontalPodAutoscaler").await?;
         return Ok(());
     }
-    delete_owned::<HorizontalPodAutoscaler>(ctx, model, ns, &model.name_any(), "delete HorizontalPodAutoscaler").await
+    delete_owned(
+        &Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), ns),
+        model,
+        &model.name_any(),
+        "delete HorizontalPodAutoscaler",
+    )
+    .await
 }
 
 /// Deletes the named object if it exists and this MLModel controls it.
-async fn delete_owned<K>(
-    ctx: &Context,
-    model: &MLModel,
-    ns: &str,
-    name: &str,
-    action: &'static str,
-) -> Result<(), Error>
+async fn delete_owned<K>(api: &Api<K>, model: &MLModel, name: &str, action: &'static str) -> Result<(), Error>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let Some(live) = api.get_opt(name).await.during(action)? else {
         return Ok(());
     };
@@ -388,7 +384,7 @@ where
         live.owner_references().iter().any(|o| Some(&o.uid) == model.uid().as_ref() && o.controller == Some(true));
     if ours {
         api.delete(name, &Default::default()).await.during(action)?;
-        info!(model = %model.name_any(), namespace = ns, object = name, kind = K::kind(&()).as_ref(), "deleted");
+        info!(model = %model.name_any(), namespace = model.namespace().unwrap_or_default(), object = name, action, "deleted");
     }
     Ok(())
 }
@@ -413,7 +409,8 @@ async fn sync_gateway(
     if with_canary {
         apply(ctx, ns, &traffic::track_service(model, Track::Canary), "apply canary Service").await?;
     } else {
-        delete_owned::<Service>(ctx, model, ns, &canary_svc, "delete canary Service").await?;
+        delete_owned(&Api::<Service>::namespaced(ctx.client.clone(), ns), model, &canary_svc, "delete canary Service")
+            .await?;
     }
     let route = traffic::http_route(model, gateway, weights, with_canary);
     let pp = PatchParams::apply(FIELD_MANAGER).force();
@@ -432,15 +429,10 @@ async fn sync_gateway(
 
 /// `spec.traffic.gateway` was removed: delete our HTTPRoute and the per-track Services.
 async fn remove_gateway_objects(ctx: &Context, model: &MLModel, ns: &str) -> Result<(), Error> {
-    let api = http_route_api(ctx, ns);
-    if let Some(route) = api.get_opt(&model.name_any()).await.during("get HTTPRoute")?
-        && route.owner_references().iter().any(|o| Some(&o.uid) == model.uid().as_ref())
-    {
-        api.delete(&model.name_any(), &Default::default()).await.during("delete HTTPRoute")?;
-    }
+    delete_owned(&http_route_api(ctx, ns), model, &model.name_any(), "delete HTTPRoute").await?;
     for track in [Track::Stable, Track::Canary] {
         let svc = traffic::track_service_name(model, track);
-        delete_owned::<Service>(ctx, model, ns, &svc, "delete track Service").await?;
+        delete_owned(&Api::<Service>::namespaced(ctx.client.clone(), ns), model, &svc, "delete track Service").await?;
     }
     Ok(())
 }
