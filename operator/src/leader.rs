@@ -203,6 +203,28 @@ impl Elector {
     }
 }
 
+/// Runs `work` until `stop` resolves, then calls `wind_down` (the controller's graceful-shutdown
+/// trigger) and lets `work` finish for at most `grace`, then drops it, which cancels whatever it
+/// still runs: a reconcile stuck on a stalled connection must not keep an old leader running.
+/// Returns what `stop` resolved to, or `None` when `work` ended first.
+pub async fn run_until_stopped<S>(
+    work: impl Future<Output = ()>,
+    stop: impl Future<Output = S>,
+    wind_down: impl FnOnce(),
+    grace: Duration,
+) -> Option<S> {
+    tokio::pin!(work, stop);
+    let why = tokio::select! {
+        why = &mut stop => why,
+        _ = &mut work => return None,
+    };
+    wind_down();
+    if tokio::time::timeout(grace, &mut work).await.is_err() {
+        warn!(?grace, "reconciles still running after the grace period; cancelling them");
+    }
+    Some(why)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -236,6 +258,58 @@ mod tests {
             }
         });
         kube::Client::new(server, "default")
+    }
+
+    /// Sets its flag when dropped.
+    struct Dropped(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn work_that_ignores_the_stop_is_dropped_after_the_grace() {
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let guard = Dropped(dropped.clone());
+        let stuck = async move {
+            let _guard = guard;
+            std::future::pending::<()>().await
+        };
+        let grace = Duration::from_millis(200);
+        let started = Instant::now();
+        let why =
+            tokio::time::timeout(Duration::from_secs(5), run_until_stopped(stuck, async { "lost" }, || {}, grace))
+                .await
+                .expect("stopped despite the stuck work");
+        assert_eq!(why, Some("lost"));
+        assert!(started.elapsed() >= grace, "dropped before the grace ran out");
+        assert!(dropped.load(Ordering::SeqCst), "the stuck work was not dropped (cancelled)");
+    }
+
+    #[tokio::test]
+    async fn work_that_winds_down_in_time_finishes() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = finished.clone();
+        let work = async move {
+            let _ = rx.await;
+            done.store(true, Ordering::SeqCst);
+        };
+        let why = run_until_stopped(
+            work,
+            async { 7 },
+            move || {
+                let _ = tx.send(());
+            },
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(why, Some(7));
+        assert!(finished.load(Ordering::SeqCst), "the work did not finish its wind-down");
+        let ended = run_until_stopped(async {}, std::future::pending::<()>(), || {}, Duration::ZERO).await;
+        assert_eq!(ended, None, "work that ends on its own is reported as such");
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use modelship_crds::MLModel;
 use modelship_operator::desired::Settings;
-use modelship_operator::leader::{Elector, LeaseConfig};
+use modelship_operator::leader::{self, Elector, LeaseConfig};
 use modelship_operator::metrics::Metrics;
 use modelship_operator::reconcile::{self, Context};
 use modelship_operator::write_gate::{self, WriteGate};
@@ -199,10 +199,9 @@ enum Stop {
     Lost,
 }
 
-/// Runs the MLModel controller until `stop` resolves, then lets in-flight reconciles finish for
-/// at most `grace` and drops the rest (cancelling their requests): a reconcile stuck on a stalled
-/// connection must not keep an old leader running. Returns what `stop` resolved to, or `None`
-/// when the controller ended on its own.
+/// Runs the MLModel controller until `stop` resolves, then stops it within `grace`
+/// (see [`leader::run_until_stopped`]). Returns what `stop` resolved to, or `None` when the
+/// controller ended on its own.
 async fn run_controller<S>(
     client: &Client,
     namespace: Option<&str>,
@@ -243,20 +242,20 @@ async fn run_controller<S>(
                 Err(other) => warn!(error = %other, "controller event"),
             }
         });
-    tokio::pin!(controller, stop);
-    let why = tokio::select! {
-        why = &mut stop => why,
-        _ = &mut controller => {
-            warn!("controller stopped on its own");
-            return None;
-        }
-    };
-    let _ = stopping_tx.send(());
-    if tokio::time::timeout(grace, &mut controller).await.is_err() {
-        warn!(?grace, "reconciles still running after the grace period; cancelling them");
+    let why = leader::run_until_stopped(
+        controller,
+        stop,
+        move || {
+            let _ = stopping_tx.send(());
+        },
+        grace,
+    )
+    .await;
+    match why {
+        Some(_) => info!("controller stopped"),
+        None => warn!("controller stopped on its own"),
     }
-    info!("controller stopped");
-    Some(why)
+    why
 }
 
 /// A cloneable future that resolves on SIGTERM or Ctrl-C.
