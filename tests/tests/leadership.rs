@@ -16,6 +16,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
+use kube::api::{Patch, PatchParams};
 use modelship_crds::MLModel;
 use modelship_tests::proxy::{Pause, Proxy};
 use modelship_tests::{
@@ -150,8 +151,17 @@ async fn a_leader_whose_requests_stall_stops_writing_before_a_standby_takes_over
     patch_mlmodel(&ns.name, "iris", r#"{"spec":{"model":{"version":"v2"}}}"#);
 
     // (a) It declares loss and its controller stops within the bound, connection still stalled.
+    // Until then every poll touches the model, so a reconcile is in flight on the old leader
+    // when it declares loss (each one waits on a request that gets no answer).
+    let touches = std::sync::atomic::AtomicU32::new(0);
     let lost = wait_for("the stalled leader to declare loss", T, || async {
-        old.log_text().contains("lost leadership").then(tokio::time::Instant::now)
+        if old.log_text().contains("lost leadership") {
+            return Some(tokio::time::Instant::now());
+        }
+        let n = touches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let touch = serde_json::json!({"metadata": {"annotations": {"test.modelship.dev/touch": n.to_string()}}});
+        let _ = models.patch("iris", &PatchParams::default(), &Patch::Merge(&touch)).await;
+        None
     })
     .await;
     let stop_deadline = lost + STOP_BOUND;
