@@ -207,11 +207,13 @@ async fn a_leader_whose_requests_stall_stops_writing_before_a_standby_takes_over
     .await;
 
     // (b) No mutating request from the old leader reached the API server after the hand-over.
+    let mut seen = BTreeSet::new();
     let late: Vec<Audited> = audit
         .entries()
         .into_iter()
         .filter(|e| e.source == STALLED_SOURCE && e.namespace == ns.name && mutating(&e.verb))
         .filter(|e| e.received >= took_over)
+        .filter(|e| seen.insert(e.id.clone())) // one entry per request, not per audit stage
         .collect();
     let log = old.log_text();
     let mut failures = Vec::new();
