@@ -168,12 +168,13 @@ async fn a_leader_whose_requests_stall_stops_writing_before_a_standby_takes_over
     let mut stopped_after = None;
     while tokio::time::Instant::now() < stop_deadline {
         if !leads(&old).await && old.log_text().contains("controller stopped") {
-            stopped_after = Some(lost.elapsed());
+            // The wall clock too: the standby's acquireTime must come after this.
+            stopped_after = Some((lost.elapsed(), Timestamp::now()));
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("old leader: controller stopped {stopped_after:?} after it declared loss");
+    eprintln!("old leader: controller stopped {:?} after it declared loss", stopped_after.map(|s| s.0));
 
     // The standby takes over and serves a further change, while the old leader is still cut off.
     let leases: Api<Lease> = Api::namespaced(c.clone(), &ns.name);
@@ -217,10 +218,14 @@ async fn a_leader_whose_requests_stall_stops_writing_before_a_standby_takes_over
         .collect();
     let log = old.log_text();
     let mut failures = Vec::new();
-    if stopped_after.is_none() {
-        failures.push(format!(
+    match stopped_after {
+        None => failures.push(format!(
             "(a) the old leader's controller was still running {STOP_BOUND:?} after it declared loss (its connection stalled)"
-        ));
+        )),
+        Some((_, at)) if at >= took_over => {
+            failures.push(format!("(a) the standby took over at {took_over}, before the old controller stopped ({at})"))
+        }
+        Some(_) => {}
     }
     if !late.is_empty() {
         failures.push(format!("(b) the old leader wrote after the standby took over at {took_over}: {late:#?}"));
