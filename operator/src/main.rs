@@ -189,7 +189,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
 
 /// The lease client: bounded requests and no retries (a stalled renewal must fail, not hang).
 fn lease_client(config: &kube::Config) -> anyhow::Result<Client> {
-    Client::try_from(write_gate::bounded(config)).context("building the lease client")
+    Client::try_from(write_gate::bounded_config(config)).context("building the lease client")
 }
 
 /// Why the controller was stopped.

@@ -20,7 +20,8 @@ use tower::{BoxError, Layer, Service};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for the API server to read a request or send response bytes. Both stay well
 /// under lease duration − renew deadline (5 s with the defaults), the time between declaring loss
-/// and a standby taking over.
+/// and a standby taking over. A pooled connection idle for that long may be closed too (the next
+/// request opens a new one).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest a request may take to be written to the connection.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -105,7 +106,7 @@ where
 /// `config` with bounded connect, read and write times and without kube's retry layer (which
 /// retries 429/503/504 for up to minutes); a failed request fails the reconcile, and the
 /// controller requeues it.
-pub fn bounded(config: &kube::Config) -> kube::Config {
+pub fn bounded_config(config: &kube::Config) -> kube::Config {
     let mut config = config.clone();
     config.connect_timeout = Some(CONNECT_TIMEOUT);
     config.read_timeout = Some(READ_TIMEOUT);
@@ -117,9 +118,9 @@ pub fn bounded(config: &kube::Config) -> kube::Config {
     config
 }
 
-/// The client for reconciles and Events: bounded (see [`bounded`]) and gated by `gate`.
+/// The client for reconciles and Events: bounded (see [`bounded_config`]) and gated by `gate`.
 pub fn gated_client(config: &kube::Config, gate: &WriteGate) -> Result<kube::Client, kube::Error> {
-    Ok(kube::client::ClientBuilder::try_from(bounded(config))?.with_layer(gate).build())
+    Ok(kube::client::ClientBuilder::try_from(bounded_config(config))?.with_layer(gate).build())
 }
 
 #[cfg(test)]
@@ -192,7 +193,7 @@ mod tests {
         for timeout in [CONNECT_TIMEOUT, READ_TIMEOUT, WRITE_TIMEOUT, lease.stop_grace] {
             assert!(timeout < margin, "{timeout:?} is not under the {margin:?} margin");
         }
-        let config = bounded(&kube::Config::new("https://127.0.0.1:1".parse().expect("a URL")));
+        let config = bounded_config(&kube::Config::new("https://127.0.0.1:1".parse().expect("a URL")));
         assert_eq!(config.read_timeout, Some(READ_TIMEOUT));
         assert!(!config.default_retry, "kube's retry layer can wait for minutes");
     }
