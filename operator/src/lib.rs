@@ -1,5 +1,5 @@
 //! The Modelship operator as a library: pure builders (`desired`, `status`), the reconcile
-//! (`reconcile`), model-source resolution, leader election and metrics.
+//! (`reconcile`), model-source resolution, leader election with its write gate, and metrics.
 
 pub mod desired;
 pub mod error;
@@ -10,3 +10,4 @@ pub mod rollback;
 pub mod source;
 pub mod status;
 pub mod traffic;
+pub mod write_gate;

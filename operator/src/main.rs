@@ -18,9 +18,10 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use modelship_crds::MLModel;
 use modelship_operator::desired::Settings;
-use modelship_operator::leader::{Elector, LeaseConfig};
+use modelship_operator::leader::{self, Elector, LeaseConfig};
 use modelship_operator::metrics::Metrics;
 use modelship_operator::reconcile::{self, Context};
+use modelship_operator::write_gate::{self, WriteGate};
 use tracing::{error, info, warn};
 
 /// The server image released together with this operator.
@@ -86,7 +87,12 @@ async fn main() {
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
     let config = kube::Config::infer().await.context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
+    // Watches only: no read timeout (a quiet watch sends nothing for minutes; the watcher has its
+    // own idle timeout).
     let client = Client::try_from(config.clone()).context("building the Kubernetes client")?;
+    // Reconciles and Events: bounded requests, and writes only while leading.
+    let gate = WriteGate::closed();
+    let writer = write_gate::gated_client(&config, &gate).context("building the reconcile client")?;
     let models: Api<MLModel> = match &flags.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -114,15 +120,17 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
 
     let shutdown = tokio_util_shutdown();
     let recorder = Recorder::new(
-        client.clone(),
+        writer.clone(),
         Reporter { controller: "modelship-operator".into(), instance: Some(identity.clone()) },
     );
     let settings = Settings { server_image: flags.server_image.clone() };
-    let ctx = Arc::new(Context::new(client.clone(), settings, metrics.clone(), recorder));
+    let ctx = Arc::new(Context::new(writer, settings, metrics.clone(), recorder));
     info!(namespace = flags.namespace.as_deref().unwrap_or("<all>"), server_image = %flags.server_image, %identity, "operator started");
 
+    let namespace = flags.namespace.as_deref();
     let Some(mut elector) = elector else {
-        run_controller(&client, flags.namespace.as_deref(), ctx, shutdown).await;
+        gate.open();
+        run_controller(&client, namespace, ctx, shutdown, lease_config.stop_grace).await;
         info!("stopped");
         return Ok(());
     };
@@ -133,39 +141,45 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             _ = elector.acquire() => {}
             _ = shutdown.clone() => { info!("stopped while on standby"); return Ok(()); }
         }
+        gate.open();
         metrics.leader.set(1);
         let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<String>();
-        let holder = tokio::spawn(async move {
-            let reason = elector.hold().await;
-            let _ = lost_tx.send(reason);
-            elector
+        let holder = tokio::spawn({
+            let gate = gate.clone();
+            async move {
+                let reason = elector.hold().await;
+                // Before anything else: from here on no mutating request is issued.
+                gate.close();
+                let _ = lost_tx.send(reason);
+                elector
+            }
         });
-        let lost = Arc::new(std::sync::Mutex::new(None::<String>));
         let stop = {
-            let (shutdown, lost) = (shutdown.clone(), lost.clone());
+            let (shutdown, gate) = (shutdown.clone(), gate.clone());
             async move {
                 tokio::select! {
-                    _ = shutdown => info!("shutdown requested"),
-                    Ok(reason) = lost_rx => {
+                    _ = shutdown => { info!("shutdown requested"); Stop::Shutdown }
+                    reason = lost_rx => {
+                        gate.close();
+                        let reason = reason.unwrap_or_else(|_| "the lease renewal task ended".into());
                         warn!(%reason, "lost leadership; stopping the controller and returning to standby");
-                        if let Ok(mut l) = lost.lock() {
-                            *l = Some(reason);
-                        }
+                        Stop::Lost
                     }
                 }
             }
         };
-        run_controller(&client, flags.namespace.as_deref(), ctx.clone(), stop).await;
+        let why = run_controller(&client, namespace, ctx.clone(), stop, lease_config.stop_grace).await;
+        let why = why.unwrap_or(Stop::Shutdown);
+        gate.close();
         metrics.leader.set(0);
-        let was_lost = lost.lock().map(|l| l.is_some()).unwrap_or(false);
-        if !was_lost {
+        if why == Stop::Shutdown {
             holder.abort();
         }
         elector = match holder.await {
             Ok(e) => e,
             Err(_) => Elector::new(lease_client(&config)?, lease_config.clone()),
         };
-        if !was_lost {
+        if why == Stop::Shutdown {
             elector.release().await;
             info!("stopped");
             return Ok(());
@@ -173,19 +187,28 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     }
 }
 
+/// The lease client: bounded requests and no retries (a stalled renewal must fail, not hang).
 fn lease_client(config: &kube::Config) -> anyhow::Result<Client> {
-    let mut lease_config = config.clone();
-    lease_config.default_retry = false;
-    Client::try_from(lease_config).context("building the lease client")
+    Client::try_from(write_gate::bounded_config(config)).context("building the lease client")
 }
 
-/// Runs the MLModel controller until `stop` resolves.
-async fn run_controller(
+/// Why the controller was stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Shutdown,
+    Lost,
+}
+
+/// Runs the MLModel controller until `stop` resolves, then stops it within `grace`
+/// (see [`leader::run_until_stopped`]). Returns what `stop` resolved to, or `None` when the
+/// controller ended on its own.
+async fn run_controller<S>(
     client: &Client,
     namespace: Option<&str>,
     ctx: Arc<Context>,
-    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
+    stop: impl std::future::Future<Output = S> + Send + 'static,
+    grace: std::time::Duration,
+) -> Option<S> {
     fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -200,24 +223,39 @@ async fn run_controller(
         }
     }
     info!("starting controller");
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let controller = Controller::new(api::<MLModel>(client, namespace), watcher::Config::default());
     let store = controller.store();
-    controller
+    let controller = controller
         .owns(api::<Deployment>(client, namespace), watcher::Config::default())
         .owns(api::<Service>(client, namespace), watcher::Config::default())
         .watches(api::<ConfigMap>(client, namespace), watcher::Config::default(), move |cm| {
             reconcile::models_using_configmap(&store, &cm)
         })
-        .graceful_shutdown_on(stop)
+        .graceful_shutdown_on(async move {
+            let _ = stopping_rx.await;
+        })
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
             match res {
                 Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
                 Err(other) => warn!(error = %other, "controller event"),
             }
-        })
-        .await;
-    info!("controller stopped");
+        });
+    let why = leader::run_until_stopped(
+        controller,
+        stop,
+        move || {
+            let _ = stopping_tx.send(());
+        },
+        grace,
+    )
+    .await;
+    match why {
+        Some(_) => info!("controller stopped"),
+        None => warn!("controller stopped on its own"),
+    }
+    why
 }
 
 /// A cloneable future that resolves on SIGTERM or Ctrl-C.

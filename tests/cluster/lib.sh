@@ -42,9 +42,30 @@ stop() {
   rm -f "$pidfile"
 }
 
+# The audit policy: who changed what (Metadata level, no bodies) for the clients under test, and
+# reads of Leases; the control plane's own components are left out. Tests read
+# $STATE/logs/audit.log to see which client's writes reached the API server, and when.
+write_audit_policy() {
+  cat >"$STATE/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+rules:
+- level: None
+  users: [kwok, "system:kube-controller-manager", "system:kube-scheduler", "system:apiserver"]
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: Metadata
+  resources: [{group: coordination.k8s.io, resources: [leases]}]
+- level: None
+POLICY
+}
+
 start_apiserver() {
   local p="$STATE/pki"
+  write_audit_policy
   start kube-apiserver "$BIN/kube-apiserver" \
+    --audit-policy-file="$STATE/audit-policy.yaml" --audit-log-path="$STATE/logs/audit.log" \
+    --audit-log-maxsize=200 --audit-log-maxbackup=1 \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
     --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
     --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" \
