@@ -1,0 +1,190 @@
+//! On the real node (kubelet + containerd + kube-proxy, `MODELSHIP_REAL_NODE=1`): our real server
+//! image runs under Kubernetes, passes its real probes and answers through its real Service.
+//! Traffic goes only to pod IPs and ClusterIPs of this cluster, after `route_is_local` has
+//! shown, without sending anything, that they never leave the machine.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use modelship_crds::MLModel;
+use modelship_tests::real_node::{self, NODE};
+use modelship_tests::{
+    Operator, OperatorOptions, TestNamespace, client, install_crd, kubectl, kubectl_stdin, root, wait_for, wait_ready,
+};
+
+/// Real containers start slower than kwok's fakes; generous on a busy 2-core machine.
+const T: Duration = Duration::from_secs(120);
+
+/// `None` (the test returns early, saying why) where the cluster has no real node, e.g. on kind.
+async fn setup(prefix: &str) -> Option<(Client, TestNamespace, Operator)> {
+    if !real_node::enabled() {
+        eprintln!("skipped: no real node (MODELSHIP_REAL_NODE=1 tests/cluster/up adds one; tests/run does)");
+        return None;
+    }
+    let c = client().await;
+    install_crd().await;
+    let ns = real_node::namespace(&c, prefix).await;
+    let op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
+    Some((c, ns, op))
+}
+
+async fn model_pods(c: &Client, ns: &str, model: &str) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
+    pods.list(&ListParams::default().labels(&format!("modelship.dev/model={model}"))).await.unwrap().items
+}
+
+#[test]
+fn cluster_addresses_route_to_local_devices_or_blackholes() {
+    if !real_node::enabled() {
+        eprintln!("skipped: no real node");
+        return;
+    }
+    // Unused addresses of every cluster range: none may resolve to the default gateway.
+    for addr in ["10.96.255.254", "10.96.0.1", "10.245.0.250", "10.245.200.1", "10.244.3.3"] {
+        let route = real_node::route_is_local(addr.parse().unwrap()).unwrap();
+        eprintln!("{addr}: {route}");
+    }
+    // The check itself refuses what is not local: a documentation address goes to the default
+    // gateway, or nowhere when there is no default route.
+    assert!(real_node::route_is_local("203.0.113.7".parse().unwrap()).is_err());
+}
+
+#[tokio::test]
+async fn iris_runs_on_the_real_node_and_answers_through_its_service() {
+    let Some((c, ns, _op)) = setup("real-iris").await else { return };
+    kubectl(&["apply", "-n", &ns.name, "-f", root().join("examples/iris.yaml").to_str().unwrap()]).unwrap();
+    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
+    wait_ready(&models, "iris", None, T).await;
+
+    let pods = model_pods(&c, &ns.name, "iris").await;
+    assert_eq!(pods.len(), 1, "one pod");
+    let pod = &pods[0];
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.node_name.as_deref(), Some(NODE), "the pod runs on the real node");
+    let status = pod.status.as_ref().unwrap();
+    let cs = &status.container_statuses.as_ref().unwrap()[0];
+    assert!(cs.ready, "the container passed its real readiness probe");
+    assert!(
+        cs.container_id.as_deref().is_some_and(|id| id.starts_with("containerd://")),
+        "a real container: {:?}",
+        cs.container_id
+    );
+    assert_eq!(cs.restart_count, 0, "the restricted pod (UID 65532, read-only root) started first time");
+
+    // The pod IP, then the Service: both local, kube-proxy synced, then a bounded few requests.
+    let pod_ip = status.pod_ip.as_deref().unwrap();
+    real_node::route_is_local(pod_ip.parse().unwrap()).unwrap();
+    let ready = reqwest::get(format!("http://{pod_ip}:8080/readyz")).await.unwrap();
+    assert!(ready.status().is_success(), "/readyz on the pod IP");
+    real_node::wait_kube_proxy_synced().await;
+    let ip = real_node::cluster_ip(&ns.name, "iris").unwrap();
+    let resp = real_node::post_until_answered(&format!("http://{ip}/predict"), r#"{"features":[5.1,3.5,1.4,0.2]}"#, 40)
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-model-version"], "v1");
+    assert_eq!(resp.text().await.unwrap(), r#"{"prediction":[0]}"#, "the tutorial's prediction through the ClusterIP");
+}
+
+#[tokio::test]
+async fn a_wrong_checksum_crash_loops_for_real_and_says_why() {
+    let Some((c, ns, _op)) = setup("real-sha").await else { return };
+    let text = std::fs::read_to_string(root().join("examples/iris.yaml")).unwrap();
+    let good = text.lines().find_map(|l| l.trim().strip_prefix("sha256: ")).unwrap().trim().to_string();
+    // Wrong from the start: no last good model to roll back to, so the load failure itself shows.
+    let bad = "ab".repeat(32);
+    kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&text.replace(&good, &bad))).unwrap();
+    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
+
+    // The real container exits, kubelet restarts it, and the server's own line reaches status.
+    let degraded = wait_for("Degraded ModelLoadFailed with the checksum reason", T, || async {
+        let m = models.get_opt("iris").await.ok().flatten()?;
+        let d = m.status.as_ref()?.condition("Degraded")?.clone();
+        (d.status == "True" && d.reason == "ModelLoadFailed").then_some(d)
+    })
+    .await;
+    assert!(degraded.message.contains("sha256"), "the server's reason: {}", degraded.message);
+    let restarted = wait_for("kubelet restarted the failing container", T, || async {
+        let pods = model_pods(&c, &ns.name, "iris").await;
+        pods.iter()
+            .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+            .find(|cs| cs.restart_count >= 1 && cs.image_id.contains("sha256:"))
+            .map(|cs| cs.restart_count)
+    })
+    .await;
+    assert!(restarted >= 1);
+
+    modelship_tests::patch_mlmodel(&ns.name, "iris", &format!(r#"{{"spec":{{"model":{{"sha256":"{good}"}}}}}}"#));
+    let m = wait_ready(&models, "iris", None, T).await;
+    let d = m.status.as_ref().unwrap().condition("Degraded").unwrap();
+    assert_eq!(d.status, "False", "recovered: {d:?}");
+}
+
+/// A file of a docker-archive tarball, read with the real `tar`.
+fn archive_file(archive: &std::path::Path, member: &str) -> Vec<u8> {
+    let out = std::process::Command::new("tar").arg("-xOf").arg(archive).arg(member).output().unwrap();
+    assert!(out.status.success(), "tar -xOf {} {member}: {}", archive.display(), String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// `ENTRYPOINT`, `EXPOSE` and the inherited `USER` of one Dockerfile target (`FROM base AS NAME`).
+fn dockerfile_target(name: &str) -> (serde_json::Value, Option<String>, String) {
+    let text = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let block = |header: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| !l.starts_with(header))
+            .skip(1)
+            .take_while(|l| !l.starts_with("FROM "))
+            .map(str::to_string)
+            .collect()
+    };
+    let target = block(&format!("FROM base AS {name}"));
+    let value = |lines: &[String], key: &str| lines.iter().find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()));
+    let entrypoint = serde_json::from_str(&value(&target, "ENTRYPOINT ").expect("ENTRYPOINT")).unwrap();
+    let expose = value(&target, "EXPOSE ").map(|p| if p.contains('/') { p } else { format!("{p}/tcp") });
+    let base = block("FROM ${DISTROLESS} AS base");
+    (entrypoint, expose, value(&base, "USER ").expect("USER in the base stage"))
+}
+
+#[test]
+fn the_images_match_the_dockerfile_and_are_small_nonroot_and_shell_free() {
+    if !real_node::enabled() {
+        eprintln!("skipped: no real node");
+        return;
+    }
+    for (kind, limit_mb) in [("server", 30.0), ("operator", 60.0)] {
+        let archive = real_node::image_dir().join(format!("{kind}.tar"));
+        let manifest: serde_json::Value = serde_json::from_slice(&archive_file(&archive, "manifest.json")).unwrap();
+        let config_name = manifest[0]["Config"].as_str().unwrap();
+        let config: serde_json::Value = serde_json::from_slice(&archive_file(&archive, config_name)).unwrap();
+        let (entrypoint, expose, user) = dockerfile_target(kind);
+        assert_eq!(config["config"]["Entrypoint"], entrypoint, "{kind}: the Dockerfile's entrypoint");
+        assert_eq!(config["config"]["User"], user.as_str(), "{kind}: the Dockerfile's user");
+        assert_eq!(user, "65532:65532");
+        let ports: Vec<String> =
+            config["config"]["ExposedPorts"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        assert_eq!(ports, expose.into_iter().collect::<Vec<_>>(), "{kind}: the Dockerfile's ports");
+
+        let layer = archive_file(&archive, manifest[0]["Layers"][0].as_str().unwrap());
+        let size_mb = layer.len() as f64 / 1e6;
+        eprintln!("{kind} image: {size_mb:.1} MB uncompressed");
+        assert!(size_mb <= limit_mb, "{kind} image is {size_mb:.1} MB, over {limit_mb} MB");
+        let mut list = std::process::Command::new("tar")
+            .arg("-t")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut list.stdin.take().unwrap(), &layer).unwrap();
+        let files = String::from_utf8(list.wait_with_output().unwrap().stdout).unwrap();
+        let shells: Vec<&str> = files
+            .lines()
+            .filter(|f| ["sh", "bash", "dash", "busybox", "ash"].contains(&f.rsplit('/').next().unwrap_or_default()))
+            .collect();
+        assert!(shells.is_empty(), "{kind} image has a shell: {shells:?}");
+        let entry = entrypoint[0].as_str().unwrap().trim_start_matches('/');
+        assert!(files.lines().any(|f| f == entry), "{kind} image holds its entrypoint {entry}");
+    }
+}
