@@ -51,7 +51,7 @@ apiVersion: audit.k8s.io/v1
 kind: Policy
 rules:
 - level: None
-  users: [kwok, "system:kube-controller-manager", "system:kube-scheduler", "system:apiserver"]
+  users: [kwok, "system:kube-controller-manager", "system:kube-scheduler", "system:apiserver", "system:node:real-node-1"]
 - level: Metadata
   verbs: [create, update, patch, delete, deletecollection]
 - level: Metadata
