@@ -59,7 +59,10 @@ pub fn route_is_local(addr: Ipv4Addr) -> anyhow::Result<String> {
             .find(|prefix| covers(prefix, addr));
         return match covering {
             Some(prefix) => Ok(format!("blackhole {prefix}")),
-            None => bail!("ip route get {addr} failed ({}) and no blackhole covers it", String::from_utf8_lossy(&out.stderr).trim()),
+            None => bail!(
+                "ip route get {addr} failed ({}) and no blackhole covers it",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         };
     }
     let dev = text.split_whitespace().skip_while(|w| *w != "dev").nth(1).unwrap_or_default();

@@ -141,7 +141,8 @@ fn dockerfile_target(name: &str) -> (serde_json::Value, Option<String>, String) 
             .collect()
     };
     let target = block(&format!("FROM base AS {name}"));
-    let value = |lines: &[String], key: &str| lines.iter().find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()));
+    let value =
+        |lines: &[String], key: &str| lines.iter().find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()));
     let entrypoint = serde_json::from_str(&value(&target, "ENTRYPOINT ").expect("ENTRYPOINT")).unwrap();
     let expose = value(&target, "EXPOSE ").map(|p| if p.contains('/') { p } else { format!("{p}/tcp") });
     let base = block("FROM ${DISTROLESS} AS base");
