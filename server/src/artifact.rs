@@ -100,6 +100,33 @@ pub enum ArtifactError {
     Inconsistent(String),
 }
 
+/// Checks every node linfa's `predict` visits: a split has both children and a named feature, a
+/// leaf predicts a named class. Iterative (`iter_nodes` is breadth-first), so depth costs no stack.
+fn check_tree(t: &DecisionTree<f64, usize>, n_features: usize, n_classes: usize) -> Result<(), ArtifactError> {
+    let bad = |m: String| Err(ArtifactError::Inconsistent(m));
+    for node in t.iter_nodes() {
+        if let Some(class) = node.prediction() {
+            if class >= n_classes {
+                return bad(format!(
+                    "a tree leaf predicts class id {class}, which has no class name ({n_classes} names)"
+                ));
+            }
+            continue;
+        }
+        let (feature, split, _) = node.split();
+        if feature >= n_features {
+            return bad(format!("the tree splits on feature {feature}; the metadata names {n_features}"));
+        }
+        if split.is_nan() {
+            return bad("a tree split value is NaN".into());
+        }
+        if node.children().iter().any(|c| c.is_none()) {
+            return bad(format!("a tree node at depth {} is not a leaf but lacks a child", node.depth()));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 struct Header {
     format: Option<String>,
@@ -140,33 +167,40 @@ impl Artifact {
         self.feature_names.len()
     }
 
-    /// Checks that the model's shape agrees with the metadata, so prediction can never panic.
+    /// Proves every index and dimension prediction uses, so a loaded artifact can never panic at
+    /// predict (release builds abort on panic, which would take the whole pod down).
     fn check(&self) -> Result<(), ArtifactError> {
         let n = self.n_features();
         let bad = |m: String| Err(ArtifactError::Inconsistent(m));
         if n == 0 {
             return bad("no features".into());
         }
+        let classes = self.class_names.len();
         match &self.estimator {
             Estimator::LogisticRegression(m) => {
+                if m.classes().is_empty() {
+                    return bad("the logistic model has no classes".into());
+                }
                 if m.params().nrows() != n {
                     return bad(format!("model has {} inputs, metadata names {n}", m.params().nrows()));
                 }
                 if m.params().ncols() != m.classes().len() || m.intercept().len() != m.classes().len() {
                     return bad("parameter and class counts differ".into());
                 }
-                if m.classes().iter().any(|&c| c >= self.class_names.len()) {
-                    return bad("a class id has no class name".into());
+                if let Some(c) = m.classes().iter().find(|&&c| c >= classes) {
+                    return bad(format!("class id {c} has no class name ({classes} names)"));
+                }
+                if m.params().iter().chain(m.intercept()).any(|v| !v.is_finite()) {
+                    return bad("the logistic model has a non-finite coefficient".into());
                 }
             }
-            Estimator::DecisionTree(t) => {
-                if t.features().iter().any(|&f| f >= n) {
-                    return bad("the tree splits on a feature the metadata does not name".into());
-                }
-            }
+            Estimator::DecisionTree(t) => check_tree(t, n, classes)?,
             Estimator::LinearRegression(m) => {
                 if m.params().len() != n {
                     return bad(format!("model has {} inputs, metadata names {n}", m.params().len()));
+                }
+                if !m.intercept().is_finite() || m.params().iter().any(|v| !v.is_finite()) {
+                    return bad("the linear model has a non-finite coefficient".into());
                 }
             }
         }

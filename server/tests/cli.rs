@@ -160,7 +160,7 @@ fn batch_scores_every_row_like_the_model_and_keeps_other_columns() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("scored 150 rows"));
 
     let model = Model::new(Artifact::from_slice(&std::fs::read(&model_path).unwrap()).unwrap(), None, None);
-    let Predictions::Classes(want) = model.predict(table.records.view()) else { panic!() };
+    let Ok(Predictions::Classes(want)) = model.predict(table.records.view()) else { panic!() };
     let mut reader = csv::Reader::from_path(&output).unwrap();
     assert_eq!(reader.headers().unwrap().iter().next_back(), Some("prediction"));
     let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();

@@ -106,7 +106,7 @@ async fn all_150_iris_rows_agree_with_in_process_predictions() {
     };
     let expected: Vec<usize> = linfa::prelude::Predict::predict(linfa_model, &table.records).to_vec();
     let model = Model::new(iris_artifact().clone(), None, None);
-    assert_eq!(model.predict(table.records.view()), Predictions::Classes(expected.clone()), "fast path == linfa");
+    assert_eq!(model.predict(table.records.view()), Ok(Predictions::Classes(expected.clone())), "fast path == linfa");
     let r = post(&s, "/predict", json!({"features": rows})).await;
     assert_eq!(r.json()["prediction"], json!(expected));
     // One row at a time too, through V2.
@@ -241,7 +241,7 @@ async fn v2_errors_are_400_with_error_field() {
 
 #[tokio::test]
 async fn predict_bad_inputs_are_json_4xx_and_the_server_keeps_serving() {
-    let s = state_with(Limits { max_body_bytes: 4096, max_rows: 5 });
+    let s = state_with(Limits { max_body_bytes: 4096, max_rows: 5, ..Limits::default() });
     let raw = |b: &'static str| b.to_string();
     let cases: Vec<(String, StatusCode, &str)> = vec![
         (raw("{not json"), StatusCode::BAD_REQUEST, "invalid request body"),
@@ -423,7 +423,7 @@ mod fuzz {
             json_value().prop_map(|v| v.to_string().into_bytes()),
             prop::collection::vec(any::<u8>(), 0..64),
         ], route in prop::sample::select(vec!["/predict", "/predict?proba=true", "/v1/models/iris:predict", "/v2/models/iris/infer"])) {
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
             rt.block_on(async {
                 let s = state();
                 let r = call(&s, Method::POST, route, body.clone()).await;
