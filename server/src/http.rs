@@ -101,6 +101,9 @@ pub struct AppState {
     draining: AtomicBool,
     /// One permit per prediction request being served (see [`Limits::max_concurrent_requests`]).
     admission: Arc<Semaphore>,
+    /// One permit per large request being parsed and predicted on the blocking pool: one core
+    /// fewer than the machine has, so a core stays free for the async workers.
+    heavy: Arc<Semaphore>,
     pub metrics: Metrics,
     pub limits: Limits,
 }
@@ -109,7 +112,9 @@ impl AppState {
     pub fn new(limits: Limits) -> Arc<Self> {
         let metrics = Metrics::new((ROUTES.len() + 1) * (METHODS.len() + 1));
         let admission = Arc::new(Semaphore::new(limits.max_concurrent_requests));
-        Arc::new(Self { model: OnceLock::new(), draining: AtomicBool::new(false), admission, metrics, limits })
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let heavy = Arc::new(Semaphore::new(cores.saturating_sub(1).max(1)));
+        Arc::new(Self { model: OnceLock::new(), draining: AtomicBool::new(false), admission, heavy, metrics, limits })
     }
 
     /// A state with `model` already loaded.
@@ -181,17 +186,25 @@ pub(crate) async fn read_body(state: &AppState, admission: &Admission, req: Requ
 }
 
 /// Runs `work` (parse and predict a body of `body_len` bytes) inline for small bodies and on the
-/// blocking pool for large ones, holding the request's permit until it ends.
-pub(crate) async fn offload<F>(admission: &Admission, body_len: usize, work: F) -> Result<Response, ApiError>
+/// blocking pool for large ones, at most one per spare core (waiting in turn within the request's
+/// deadline), holding the request's permit until it ends.
+pub(crate) async fn offload<F>(
+    state: &AppState,
+    admission: &Admission,
+    body_len: usize,
+    work: F,
+) -> Result<Response, ApiError>
 where
     F: FnOnce() -> Result<Response, ApiError> + Send + 'static,
 {
     if body_len < OFFLOAD_BODY_BYTES {
         return work();
     }
+    let core = state.heavy.clone().acquire_owned().await.map_err(|_| ApiError::Internal)?;
     let permit = admission.permit.clone();
+    // Both permits move into the task: a timed-out request's work still counts until it ends.
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
+        let _held = (permit, core);
         work()
     })
     .await
@@ -315,7 +328,7 @@ async fn predict(
     state.model()?;
     let body = read_body(&state, &admission, req).await?;
     let s = state.clone();
-    offload(&admission, body.len(), move || {
+    offload(&state, &admission, body.len(), move || {
         let model = s.model()?;
         let rows = rows_from_object(&body, "features", s.budget(model)).map_err(ApiError::BadRequest)?;
         let resp = run_prediction(&s, model, &rows.matrix, q.labels, q.proba)?;
@@ -343,7 +356,7 @@ async fn v1_predict(
     state.model_named(name)?;
     let body = read_body(&state, &admission, req).await?;
     let s = state.clone();
-    offload(&admission, body.len(), move || {
+    offload(&state, &admission, body.len(), move || {
         let model = s.model()?;
         let rows = rows_from_object(&body, "instances", s.budget(model)).map_err(ApiError::BadRequest)?;
         let resp = run_prediction(&s, model, &rows.matrix, false, false)?;

@@ -286,7 +286,7 @@ async fn serve_infer(
     let json_len = json_part_len(req.headers())?;
     let body = read_body(&state, &admission, req).await?;
     let s = state.clone();
-    offload(&admission, body.len(), move || {
+    offload(&state, &admission, body.len(), move || {
         let (json_part, binary) = split_body(json_len, &body)?;
         run_infer(&s, lookup(&s, &name, version.as_deref())?, json_part, binary)
     })
