@@ -210,3 +210,59 @@ impl Artifact {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::train::{Algorithm, iris, train};
+
+    fn artifact_json(algorithm: Algorithm) -> Value {
+        serde_json::from_slice(&train(&iris(), algorithm, 42).expect("iris trains").to_vec()).expect("JSON")
+    }
+
+    /// Loads `v`, expecting an `Inconsistent` error containing `want`.
+    fn refused(v: &Value, want: &str) {
+        match Artifact::from_slice(v.to_string().as_bytes()) {
+            Err(ArtifactError::Inconsistent(m)) => assert!(m.contains(want), "{m:?} lacks {want:?}"),
+            other => panic!("expected an inconsistent artifact ({want}), got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn trees_that_would_panic_at_predict_are_refused() {
+        let v = artifact_json(Algorithm::Tree);
+        assert!(Artifact::from_slice(v.to_string().as_bytes()).is_ok());
+        let root = "/estimator/decision_tree/root_node";
+        let mut no_child = v.clone();
+        *no_child.pointer_mut(&format!("{root}/right_child")).expect("a split root") = Value::Null;
+        refused(&no_child, "not a leaf but lacks a child");
+        let mut bad_feature = v.clone();
+        *bad_feature.pointer_mut(&format!("{root}/right_child/feature_idx")).expect("an inner split") = json!(4);
+        refused(&bad_feature, "splits on feature 4");
+        let mut bad_class = v.clone();
+        *bad_class.pointer_mut(&format!("{root}/left_child/prediction")).expect("a leaf") = json!(3);
+        refused(&bad_class, "class id 3, which has no class name");
+    }
+
+    #[test]
+    fn logistic_and_linear_shapes_are_proved() {
+        let v = artifact_json(Algorithm::Logistic);
+        let mut no_classes = v.clone();
+        let m = no_classes.pointer_mut("/estimator/logistic_regression").expect("logistic");
+        *m = json!({"intercept": {"v": 1, "dim": [0], "data": []}, "params": {"v": 1, "dim": [4, 0], "data": []}, "classes": []});
+        refused(&no_classes, "no classes");
+        let mut short = v.clone();
+        *short.pointer_mut("/estimator/logistic_regression/intercept").expect("intercept") =
+            json!({"v": 1, "dim": [2], "data": [0.0, 1.0]});
+        refused(&short, "parameter and class counts differ");
+        let mut unnamed = v.clone();
+        *unnamed.pointer_mut("/class_names").expect("names") = json!(["a", "b"]);
+        refused(&unnamed, "class id 2 has no class name");
+        let mut features = v;
+        features["feature_names"] = json!(["a", "b", "c"]);
+        features["feature_stats"] = json!([]);
+        refused(&features, "model has 4 inputs, metadata names 3");
+    }
+}
