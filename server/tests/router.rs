@@ -119,6 +119,13 @@ async fn all_150_iris_rows_agree_with_in_process_predictions() {
         .await;
         assert_eq!(r.json()["outputs"][0]["data"], json!([want]));
     }
+    // A body large enough to be parsed and predicted on the blocking pool answers the same.
+    let many: Vec<&Vec<f64>> = rows.iter().cycle().take(rows.len() * 20).collect();
+    let body = json!({"inputs": [{"name": "x", "shape": [many.len(), 4], "datatype": "FP64", "data": many}]});
+    assert!(body.to_string().len() > 64 * 1024);
+    let r = post(&s, "/v2/models/iris/infer", body).await;
+    let want: Vec<usize> = expected.iter().copied().cycle().take(many.len()).collect();
+    assert_eq!(r.json()["outputs"][0]["data"], json!(want));
     // And the model is a real classifier: most of the training data is classified right.
     let names = &iris_artifact().class_names;
     let correct = expected.iter().zip(&table.targets).filter(|(p, t)| &names[**p] == *t).count();
