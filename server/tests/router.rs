@@ -120,7 +120,7 @@ async fn all_150_iris_rows_agree_with_in_process_predictions() {
         assert_eq!(r.json()["outputs"][0]["data"], json!([want]));
     }
     // A body large enough to be parsed and predicted on the blocking pool answers the same.
-    let many: Vec<&Vec<f64>> = rows.iter().cycle().take(rows.len() * 20).collect();
+    let many: Vec<&Vec<f64>> = rows.iter().cycle().take(rows.len() * 40).collect();
     let body = json!({"inputs": [{"name": "x", "shape": [many.len(), 4], "datatype": "FP64", "data": many}]});
     assert!(body.to_string().len() > 64 * 1024);
     let r = post(&s, "/v2/models/iris/infer", body).await;
