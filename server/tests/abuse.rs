@@ -282,8 +282,7 @@ async fn attacks_get_json_errors_while_healthz_answers_and_memory_stays_bounded(
     attack(&server, "values beyond the row budget", 3, move || async move {
         let r = post(port, "/v2/models/iris/infer", "", flood.clone()).await;
         r.assert_error(400, "exceed the limit of 10000 rows", "values beyond the row budget");
-        let r =
-            post(port, "/predict", "", format!(r#"{{"features":[{}]}}"#, rows_json(3_000_000, "0")).into_bytes()).await;
+        let r = post(port, "/predict", "", classic_flood.clone()).await;
         r.assert_error(400, "exceed the limit of 10000 rows", "classic values beyond the row budget");
     })
     .await;
