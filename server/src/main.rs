@@ -27,7 +27,8 @@ enum Command {
         /// Model artifact: a path, file:///PATH, http://... or https://...
         #[arg(long, env = "MODELSHIP_MODEL")]
         model: String,
-        /// Expected SHA-256 of the artifact (64 hex digits).
+        /// Expected SHA-256 of the artifact (64 hex digits); required for an http:// model,
+        /// optional for https:// and files.
         #[arg(long, env = "MODELSHIP_MODEL_SHA256")]
         sha256: Option<String>,
         /// Name the model is served under (default: the name it was trained under).

@@ -22,7 +22,7 @@ const BODY_LIMIT: usize = 8 << 20;
 const RSS_BOUND_KIB: u64 = (4 * BODY_LIMIT as u64 + (32 << 20)) / 1024;
 const P99_BOUND: Duration = Duration::from_millis(50);
 /// Probes of `/healthz` per attack: at least this many are taken while it runs...
-const MIN_PROBES: usize = 200;
+const MIN_PROBES: usize = 300;
 /// ...and at most this many.
 const MAX_PROBES: usize = 2_000;
 
