@@ -254,8 +254,30 @@ const FLAGS: &[&str] = &[
     "3000",
 ];
 
+/// The soft and hard open-files limits of this process.
+fn open_files_limits() -> (u64, u64) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let mut n = line.split_whitespace().skip(3).map(|v| v.parse().unwrap_or(u64::MAX));
+    (n.next().unwrap(), n.next().unwrap())
+}
+
+/// Makes sure this process (and the servers it starts, which inherit it) may open `need` files,
+/// raising the soft limit towards the hard one with util-linux `prlimit` when it is lower.
+fn ensure_open_files(need: u64) {
+    let (soft, hard) = open_files_limits();
+    if soft < need && hard >= need {
+        let pid = std::process::id().to_string();
+        let _ = Command::new("prlimit").args(["--pid", &pid, &format!("--nofile={need}:{hard}")]).status();
+    }
+    let (soft, _) = open_files_limits();
+    assert!(soft >= need, "the slowloris attack needs {need} open files; raise `ulimit -n` (now {soft})");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attacks_get_json_errors_while_healthz_answers_and_memory_stays_bounded() {
+    // 2,000 slow connections, both ends in this test's processes, plus room for the rest.
+    ensure_open_files(4_500);
     let server = Server::start(FLAGS);
     let port = server.port;
 
