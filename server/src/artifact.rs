@@ -100,6 +100,33 @@ pub enum ArtifactError {
     Inconsistent(String),
 }
 
+/// Checks every node linfa's `predict` visits: a split has both children and a named feature, a
+/// leaf predicts a named class. Iterative (`iter_nodes` is breadth-first), so depth costs no stack.
+fn check_tree(t: &DecisionTree<f64, usize>, n_features: usize, n_classes: usize) -> Result<(), ArtifactError> {
+    let bad = |m: String| Err(ArtifactError::Inconsistent(m));
+    for node in t.iter_nodes() {
+        if let Some(class) = node.prediction() {
+            if class >= n_classes {
+                return bad(format!(
+                    "a tree leaf predicts class id {class}, which has no class name ({n_classes} names)"
+                ));
+            }
+            continue;
+        }
+        let (feature, split, _) = node.split();
+        if feature >= n_features {
+            return bad(format!("the tree splits on feature {feature}; the metadata names {n_features}"));
+        }
+        if split.is_nan() {
+            return bad("a tree split value is NaN".into());
+        }
+        if node.children().iter().any(|c| c.is_none()) {
+            return bad(format!("a tree node at depth {} is not a leaf but lacks a child", node.depth()));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 struct Header {
     format: Option<String>,
@@ -140,33 +167,40 @@ impl Artifact {
         self.feature_names.len()
     }
 
-    /// Checks that the model's shape agrees with the metadata, so prediction can never panic.
+    /// Proves every index and dimension prediction uses, so a loaded artifact can never panic at
+    /// predict (release builds abort on panic, which would take the whole pod down).
     fn check(&self) -> Result<(), ArtifactError> {
         let n = self.n_features();
         let bad = |m: String| Err(ArtifactError::Inconsistent(m));
         if n == 0 {
             return bad("no features".into());
         }
+        let classes = self.class_names.len();
         match &self.estimator {
             Estimator::LogisticRegression(m) => {
+                if m.classes().is_empty() {
+                    return bad("the logistic model has no classes".into());
+                }
                 if m.params().nrows() != n {
                     return bad(format!("model has {} inputs, metadata names {n}", m.params().nrows()));
                 }
                 if m.params().ncols() != m.classes().len() || m.intercept().len() != m.classes().len() {
                     return bad("parameter and class counts differ".into());
                 }
-                if m.classes().iter().any(|&c| c >= self.class_names.len()) {
-                    return bad("a class id has no class name".into());
+                if let Some(c) = m.classes().iter().find(|&&c| c >= classes) {
+                    return bad(format!("class id {c} has no class name ({classes} names)"));
+                }
+                if m.params().iter().chain(m.intercept()).any(|v| !v.is_finite()) {
+                    return bad("the logistic model has a non-finite coefficient".into());
                 }
             }
-            Estimator::DecisionTree(t) => {
-                if t.features().iter().any(|&f| f >= n) {
-                    return bad("the tree splits on a feature the metadata does not name".into());
-                }
-            }
+            Estimator::DecisionTree(t) => check_tree(t, n, classes)?,
             Estimator::LinearRegression(m) => {
                 if m.params().len() != n {
                     return bad(format!("model has {} inputs, metadata names {n}", m.params().len()));
+                }
+                if !m.intercept().is_finite() || m.params().iter().any(|v| !v.is_finite()) {
+                    return bad("the linear model has a non-finite coefficient".into());
                 }
             }
         }
@@ -174,5 +208,61 @@ impl Artifact {
             return bad("feature statistics do not match the features".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::train::{Algorithm, iris, train};
+
+    fn artifact_json(algorithm: Algorithm) -> Value {
+        serde_json::from_slice(&train(&iris(), algorithm, 42).expect("iris trains").to_vec()).expect("JSON")
+    }
+
+    /// Loads `v`, expecting an `Inconsistent` error containing `want`.
+    fn refused(v: &Value, want: &str) {
+        match Artifact::from_slice(v.to_string().as_bytes()) {
+            Err(ArtifactError::Inconsistent(m)) => assert!(m.contains(want), "{m:?} lacks {want:?}"),
+            other => panic!("expected an inconsistent artifact ({want}), got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn trees_that_would_panic_at_predict_are_refused() {
+        let v = artifact_json(Algorithm::Tree);
+        assert!(Artifact::from_slice(v.to_string().as_bytes()).is_ok());
+        let root = "/estimator/decision_tree/root_node";
+        let mut no_child = v.clone();
+        *no_child.pointer_mut(&format!("{root}/right_child")).expect("a split root") = Value::Null;
+        refused(&no_child, "not a leaf but lacks a child");
+        let mut bad_feature = v.clone();
+        *bad_feature.pointer_mut(&format!("{root}/right_child/feature_idx")).expect("an inner split") = json!(4);
+        refused(&bad_feature, "splits on feature 4");
+        let mut bad_class = v.clone();
+        *bad_class.pointer_mut(&format!("{root}/left_child/prediction")).expect("a leaf") = json!(3);
+        refused(&bad_class, "class id 3, which has no class name");
+    }
+
+    #[test]
+    fn logistic_and_linear_shapes_are_proved() {
+        let v = artifact_json(Algorithm::Logistic);
+        let mut no_classes = v.clone();
+        let m = no_classes.pointer_mut("/estimator/logistic_regression").expect("logistic");
+        *m = json!({"intercept": {"v": 1, "dim": [0], "data": []}, "params": {"v": 1, "dim": [4, 0], "data": []}, "classes": []});
+        refused(&no_classes, "no classes");
+        let mut short = v.clone();
+        *short.pointer_mut("/estimator/logistic_regression/intercept").expect("intercept") =
+            json!({"v": 1, "dim": [2], "data": [0.0, 1.0]});
+        refused(&short, "parameter and class counts differ");
+        let mut unnamed = v.clone();
+        *unnamed.pointer_mut("/class_names").expect("names") = json!(["a", "b"]);
+        refused(&unnamed, "class id 2 has no class name");
+        let mut features = v;
+        features["feature_names"] = json!(["a", "b", "c"]);
+        features["feature_stats"] = json!([]);
+        refused(&features, "model has 4 inputs, metadata names 3");
     }
 }

@@ -103,7 +103,9 @@ pub fn score_csv(model: &Model, input: &Path, output: &Path, chunk_rows: usize) 
         if chunk.len() == chunk_rows || (!more && !chunk.is_empty()) {
             let x = Array2::from_shape_vec((chunk.len(), n), std::mem::take(&mut values))
                 .map_err(|e| BatchError::Input(e.to_string()))?;
-            let predictions = model.predict(x.view());
+            let predictions = model
+                .predict(x.view())
+                .map_err(|e| BatchError::Input(format!("rows {}-{}: {e}", rows + 2, rows + 1 + chunk.len() as u64)))?;
             for (i, rec) in chunk.iter_mut().enumerate() {
                 text.clear();
                 match &predictions {

@@ -1,5 +1,6 @@
 //! Parsing of feature rows from request bodies into one flat row-major matrix, without an
-//! intermediate `serde_json::Value` (this is the hot path of every prediction).
+//! intermediate `serde_json::Value` (this is the hot path of every prediction). Values are
+//! counted against a [`Budget`] as they arrive, so a request's memory is bounded while parsing.
 
 use std::fmt;
 
@@ -34,17 +35,50 @@ impl Rows {
     }
 }
 
-/// Deserializes `[f, f, ...]` or `[[f, ...], [f, ...]]` into [`Rows`].
-pub struct RowsSeed;
+/// How many values one request may hold: `max_rows` rows of the model's `n_features`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub n_features: usize,
+    pub max_rows: usize,
+}
+
+impl Budget {
+    /// Most values a request may send.
+    pub fn max_values(self) -> usize {
+        self.n_features.saturating_mul(self.max_rows)
+    }
+
+    /// The error for a request that sent more than [`Budget::max_values`].
+    pub fn exceeded(self) -> String {
+        format!(
+            "more than {} values: rows exceed the limit of {} rows of {} features per request",
+            self.max_values(),
+            self.max_rows,
+            self.n_features
+        )
+    }
+
+    /// Appends `v` to `out`, refusing to grow past the budget.
+    fn push<E: de::Error>(self, out: &mut Vec<f64>, v: f64) -> Result<(), E> {
+        if out.len() >= self.max_values() {
+            return Err(E::custom(self.exceeded()));
+        }
+        out.push(v);
+        Ok(())
+    }
+}
+
+/// Deserializes `[f, f, ...]` or `[[f, ...], [f, ...]]` into [`Rows`], within a [`Budget`].
+pub struct RowsSeed(pub Budget);
 
 impl<'de> DeserializeSeed<'de> for RowsSeed {
     type Value = Rows;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Rows, D::Error> {
-        d.deserialize_seq(RowsVisitor)
+        d.deserialize_seq(RowsVisitor(self.0))
     }
 }
 
-struct RowsVisitor;
+struct RowsVisitor(Budget);
 
 enum Elem {
     Num(f64),
@@ -54,6 +88,7 @@ enum Elem {
 /// One element of the outer array: a number (single row) or an inner array appended to `out`.
 struct ElemSeed<'a> {
     out: &'a mut Vec<f64>,
+    budget: Budget,
 }
 
 impl<'de> DeserializeSeed<'de> for ElemSeed<'_> {
@@ -84,7 +119,7 @@ impl<'de> Visitor<'de> for ElemSeed<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Elem, A::Error> {
         let start = self.out.len();
         while let Some(v) = seq.next_element::<Num>()? {
-            self.out.push(v.0);
+            self.budget.push(self.out, v.0)?;
         }
         Ok(Elem::Row(self.out.len() - start))
     }
@@ -121,12 +156,13 @@ impl<'de> Visitor<'de> for RowsVisitor {
         f.write_str("an array of numbers or an array of arrays of numbers")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Rows, A::Error> {
-        let mut data = Vec::with_capacity(seq.size_hint().unwrap_or(8));
+        let budget = self.0;
+        let mut data = Vec::with_capacity(seq.size_hint().unwrap_or(8).min(budget.max_values()));
         let (mut nums, mut rows, mut width) = (0usize, 0usize, None::<usize>);
-        while let Some(elem) = seq.next_element_seed(ElemSeed { out: &mut data })? {
+        while let Some(elem) = seq.next_element_seed(ElemSeed { out: &mut data, budget })? {
             match elem {
                 Elem::Num(v) => {
-                    data.push(v);
+                    budget.push(&mut data, v)?;
                     nums += 1;
                 }
                 Elem::Row(len) => {
@@ -148,9 +184,10 @@ impl<'de> Visitor<'de> for RowsVisitor {
     }
 }
 
-/// Parses a JSON object, returning the [`Rows`] under `key` and ignoring other fields.
-pub fn rows_from_object(body: &[u8], key: &'static str) -> Result<Rows, String> {
-    struct Obj(&'static str);
+/// Parses a JSON object, returning the [`Rows`] under `key` (within `budget`) and ignoring other
+/// fields.
+pub fn rows_from_object(body: &[u8], key: &'static str, budget: Budget) -> Result<Rows, String> {
+    struct Obj(&'static str, Budget);
     impl<'de> DeserializeSeed<'de> for Obj {
         type Value = Option<Rows>;
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Rows>, D::Error> {
@@ -169,7 +206,7 @@ pub fn rows_from_object(body: &[u8], key: &'static str) -> Result<Rows, String> 
                     if found.is_some() {
                         return Err(de::Error::custom(format!("duplicate field \"{}\"", self.0)));
                     }
-                    found = Some(map.next_value_seed(RowsSeed)?);
+                    found = Some(map.next_value_seed(RowsSeed(self.1))?);
                 } else {
                     map.next_value::<de::IgnoredAny>()?;
                 }
@@ -178,7 +215,7 @@ pub fn rows_from_object(body: &[u8], key: &'static str) -> Result<Rows, String> 
         }
     }
     let mut de = serde_json::Deserializer::from_slice(body);
-    let rows = Obj(key).deserialize(&mut de).map_err(|e| format!("invalid request body: {e}"))?;
+    let rows = Obj(key, budget).deserialize(&mut de).map_err(|e| format!("invalid request body: {e}"))?;
     de.end().map_err(|e| format!("invalid request body: {e}"))?;
     rows.ok_or_else(|| format!("missing field \"{key}\""))
 }
@@ -187,19 +224,21 @@ pub fn rows_from_object(body: &[u8], key: &'static str) -> Result<Rows, String> 
 mod tests {
     use super::*;
 
+    const BUDGET: Budget = Budget { n_features: 4, max_rows: 100 };
+
     #[test]
     fn single_row_and_batch() {
-        let r = rows_from_object(br#"{"features":[5.1,3.5,1,0.2]}"#, "features").unwrap();
+        let r = rows_from_object(br#"{"features":[5.1,3.5,1,0.2]}"#, "features", BUDGET).unwrap();
         assert_eq!((r.n_rows(), r.n_cols(), r.single), (1, 4, true));
         assert_eq!(r.matrix.as_slice().unwrap(), &[5.1, 3.5, 1.0, 0.2]);
-        let r = rows_from_object(br#"{"x":1,"features":[[1,2],[3,4],[5,6]]}"#, "features").unwrap();
+        let r = rows_from_object(br#"{"x":1,"features":[[1,2],[3,4],[5,6]]}"#, "features", BUDGET).unwrap();
         assert_eq!((r.n_rows(), r.n_cols(), r.single), (3, 2, false));
         assert_eq!(r.matrix[[2, 1]], 6.0);
     }
 
     #[test]
     fn errors_name_the_problem() {
-        let err = |b: &str| rows_from_object(b.as_bytes(), "features").unwrap_err();
+        let err = |b: &str| rows_from_object(b.as_bytes(), "features", BUDGET).unwrap_err();
         assert!(err(r#"{"features":[[1,2],[3]]}"#).contains("row 1 has 1 values"));
         assert!(err(r#"{"features":[1,[2]]}"#).contains("mixes"));
         assert!(err(r#"{"features":["a"]}"#).contains("a number"));
@@ -211,8 +250,22 @@ mod tests {
     }
 
     #[test]
+    fn values_beyond_the_budget_are_refused_while_parsing() {
+        let budget = Budget { n_features: 2, max_rows: 3 };
+        let ok = rows_from_object(br#"{"features":[[1,2],[3,4],[5,6]]}"#, "features", budget).unwrap();
+        assert_eq!(ok.n_rows(), 3);
+        for body in [r#"{"features":[[1,2],[3,4],[5,6],[7]]}"#, r#"{"features":[1,2,3,4,5,6,7]}"#] {
+            let err = rows_from_object(body.as_bytes(), "features", budget).unwrap_err();
+            assert!(err.contains("exceed the limit of 3 rows of 2 features"), "{err}");
+        }
+        // The error comes at the 7th value, not after the rest is read: garbage after it is never seen.
+        let err = rows_from_object(br#"{"features":[1,2,3,4,5,6,7,"#, "features", budget).unwrap_err();
+        assert!(err.contains("exceed the limit"), "{err}");
+    }
+
+    #[test]
     fn empty_is_zero_rows() {
-        let r = rows_from_object(br#"{"features":[]}"#, "features").unwrap();
+        let r = rows_from_object(br#"{"features":[]}"#, "features", BUDGET).unwrap();
         assert_eq!(r.n_rows(), 0);
     }
 }

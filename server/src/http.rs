@@ -2,20 +2,22 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, FromRequest, MatchedPath, Path, Query, Request, State};
+use axum::handler::Handler;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
-use crate::features::rows_from_object;
+use crate::features::{Budget, rows_from_object};
 use crate::metrics::{HttpLabels, Metrics};
 use crate::model::{Model, Predictions};
 
@@ -31,13 +33,29 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most rows in one prediction request (400 beyond).
     pub max_rows: usize,
+    /// Most prediction requests served at once; more are answered 503 with `Retry-After`
+    /// rather than queued. Memory for bodies is at most this times `max_body_bytes`.
+    pub max_concurrent_requests: usize,
+    /// Time from a prediction request's headers to its response: the body must arrive within it
+    /// (408 otherwise) and the prediction finish within it (503 otherwise).
+    pub request_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_body_bytes: 8 * 1024 * 1024, max_rows: 10_000 }
+        Self {
+            max_body_bytes: 8 * 1024 * 1024,
+            max_rows: 10_000,
+            max_concurrent_requests: 64,
+            request_timeout: Duration::from_secs(30),
+        }
     }
 }
+
+/// Bodies at least this large are parsed and predicted on the blocking pool, so that a burst of
+/// big batches cannot starve the async workers that answer `/healthz`. Smaller ones (a single
+/// row is ~100 bytes) stay inline: a thread hop would cost more than the work.
+const OFFLOAD_BODY_BYTES: usize = 32 * 1024;
 
 /// Every route template, so metrics label requests with a `&'static str`.
 const ROUTES: &[&str] = &[
@@ -81,6 +99,11 @@ struct Served {
 pub struct AppState {
     model: OnceLock<Served>,
     draining: AtomicBool,
+    /// One permit per prediction request being served (see [`Limits::max_concurrent_requests`]).
+    admission: Arc<Semaphore>,
+    /// One permit per large request being parsed and predicted on the blocking pool: one core
+    /// fewer than the machine has, so a core stays free for the async workers.
+    heavy: Arc<Semaphore>,
     pub metrics: Metrics,
     pub limits: Limits,
 }
@@ -88,7 +111,10 @@ pub struct AppState {
 impl AppState {
     pub fn new(limits: Limits) -> Arc<Self> {
         let metrics = Metrics::new((ROUTES.len() + 1) * (METHODS.len() + 1));
-        Arc::new(Self { model: OnceLock::new(), draining: AtomicBool::new(false), metrics, limits })
+        let admission = Arc::new(Semaphore::new(limits.max_concurrent_requests));
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let heavy = Arc::new(Semaphore::new(cores.saturating_sub(1).max(1)));
+        Arc::new(Self { model: OnceLock::new(), draining: AtomicBool::new(false), admission, heavy, metrics, limits })
     }
 
     /// A state with `model` already loaded.
@@ -120,15 +146,81 @@ impl AppState {
         let model = self.model()?;
         if model.name == name { Ok(model) } else { Err(ApiError::ModelNotFound(name.to_string())) }
     }
+
+    /// What one request may parse: `max_rows` rows of the model's features.
+    pub(crate) fn budget(&self, model: &Model) -> Budget {
+        Budget { n_features: model.n_features(), max_rows: self.limits.max_rows }
+    }
+}
+
+/// A prediction request's admission: its concurrency permit and its deadline.
+#[derive(Clone)]
+pub(crate) struct Admission {
+    /// Shared with work moved to the blocking pool, so the permit is held until that work ends
+    /// even when the request has already timed out.
+    permit: Arc<OwnedSemaphorePermit>,
+    deadline: tokio::time::Instant,
+}
+
+/// Admits a prediction request if a permit is free (503 + `Retry-After` otherwise, never a
+/// queue), and bounds it by the request timeout. Every prediction handler is wrapped in it.
+pub(crate) async fn admit(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let Ok(permit) = state.admission.clone().try_acquire_owned() else {
+        return ApiError::Busy(state.limits.max_concurrent_requests).into_response();
+    };
+    let timeout = state.limits.request_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    req.extensions_mut().insert(Admission { permit: Arc::new(permit), deadline });
+    match tokio::time::timeout_at(deadline, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::Timeout(timeout).into_response(),
+    }
+}
+
+/// The request body, which must arrive before the admission deadline (408 otherwise).
+pub(crate) async fn read_body(state: &AppState, admission: &Admission, req: Request) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout_at(admission.deadline, Bytes::from_request(req, &())).await {
+        Ok(body) => body_bytes(state, body),
+        Err(_) => Err(ApiError::BodyTimeout(state.limits.request_timeout)),
+    }
+}
+
+/// Runs `work` (parse and predict a body of `body_len` bytes) inline for small bodies and on the
+/// blocking pool for large ones, at most one per spare core (waiting in turn within the request's
+/// deadline), holding the request's permit until it ends.
+pub(crate) async fn offload<F>(
+    state: &AppState,
+    admission: &Admission,
+    body_len: usize,
+    work: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce() -> Result<Response, ApiError> + Send + 'static,
+{
+    if body_len < OFFLOAD_BODY_BYTES {
+        return work();
+    }
+    let core = state.heavy.clone().acquire_owned().await.map_err(|_| ApiError::Internal)?;
+    let permit = admission.permit.clone();
+    // Both permits move into the task: a timed-out request's work still counts until it ends.
+    tokio::task::spawn_blocking(move || {
+        let _held = (permit, core);
+        work()
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?
 }
 
 /// The router, with every route, limit and the metrics layer.
 pub fn app(state: Arc<AppState>) -> Router {
     let limit = state.limits.max_body_bytes;
     Router::new()
-        .route("/predict", post(predict))
-        .route("/v1/models/{name}", get(v1_model).post(v1_predict))
-        .merge(crate::v2::routes())
+        .route("/predict", post(predict.layer(middleware::from_fn_with_state(state.clone(), admit))))
+        .route(
+            "/v1/models/{name}",
+            get(v1_model).post(v1_predict.layer(middleware::from_fn_with_state(state.clone(), admit))),
+        )
+        .merge(crate::v2::routes(&state))
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "live"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -213,7 +305,7 @@ fn run_prediction<'m>(
     model.check(rows.view(), state.limits.max_rows)?;
     let probabilities =
         if proba { Some(model.predict_proba(rows.view())?.outer_iter().map(|r| r.to_vec()).collect()) } else { None };
-    let prediction = model.predict(rows.view());
+    let prediction = model.predict(rows.view())?;
     state.metrics.predicted(&prediction);
     let labels = match (&prediction, labels) {
         (Predictions::Classes(ids), true) => {
@@ -228,15 +320,21 @@ fn run_prediction<'m>(
 /// `POST /predict {"features": [..] | [[..], ..]}` → `{"prediction": [..]}`.
 async fn predict(
     State(state): State<Arc<AppState>>,
+    Extension(admission): Extension<Admission>,
     query: Result<Query<PredictQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let body = body_bytes(&state, body)?;
-    let model = state.model()?;
-    let rows = rows_from_object(&body, "features").map_err(ApiError::BadRequest)?;
-    let resp = run_prediction(&state, model, &rows.matrix, q.labels, q.proba)?;
-    Ok(json_from_model(&state, &resp))
+    state.model()?;
+    let body = read_body(&state, &admission, req).await?;
+    let s = state.clone();
+    offload(&state, &admission, body.len(), move || {
+        let model = s.model()?;
+        let rows = rows_from_object(&body, "features", s.budget(model)).map_err(ApiError::BadRequest)?;
+        let resp = run_prediction(&s, model, &rows.matrix, q.labels, q.proba)?;
+        Ok(json_from_model(&s, &resp))
+    })
+    .await
 }
 
 /// `GET /v1/models/{name}`: KServe V1 model status.
@@ -248,17 +346,23 @@ async fn v1_model(State(state): State<Arc<AppState>>, Path(name): Path<String>) 
 /// `POST /v1/models/{name}:predict {"instances": [[..]]}` → `{"predictions": [..]}`.
 async fn v1_predict(
     State(state): State<Arc<AppState>>,
+    Extension(admission): Extension<Admission>,
     Path(name_verb): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<Response, ApiError> {
     let Some(name) = name_verb.strip_suffix(":predict") else {
         return Err(ApiError::NoRoute(format!("/v1/models/{name_verb}")));
     };
-    let body = body_bytes(&state, body)?;
-    let model = state.model_named(name)?;
-    let rows = rows_from_object(&body, "instances").map_err(ApiError::BadRequest)?;
-    let resp = run_prediction(&state, model, &rows.matrix, false, false)?;
-    Ok(json_from_model(&state, &serde_json::json!({"predictions": resp.prediction})))
+    state.model_named(name)?;
+    let body = read_body(&state, &admission, req).await?;
+    let s = state.clone();
+    offload(&state, &admission, body.len(), move || {
+        let model = s.model()?;
+        let rows = rows_from_object(&body, "instances", s.budget(model)).map_err(ApiError::BadRequest)?;
+        let resp = run_prediction(&s, model, &rows.matrix, false, false)?;
+        Ok(json_from_model(&s, &serde_json::json!({"predictions": resp.prediction})))
+    })
+    .await
 }
 
 /// `GET /readyz`: 200 once the model is loaded, 503 before and while draining.

@@ -9,11 +9,13 @@ pub mod batch;
 pub mod error;
 pub mod features;
 pub mod http;
+pub mod infer_request;
 pub mod load;
 pub mod metrics;
 pub mod model;
+pub mod serve;
 pub mod train;
-mod v2;
+pub mod v2;
 
 pub use artifact::Artifact;
 pub use model::Model;

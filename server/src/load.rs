@@ -1,8 +1,14 @@
 //! Fetching a model artifact from a path, `file://` or `http(s)://`, checked against a SHA-256.
+//!
+//! Every read is capped (a size over the cap is refused before the bytes are read where the
+//! size is known, and as soon as the cap is passed otherwise). `http://` needs a `sha256`
+//! because nothing else authenticates it; for `https://` it stays optional. A redirect may
+//! never go from https to http.
 
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
 
 use crate::artifact::{Artifact, ArtifactError};
 
@@ -19,35 +25,82 @@ pub enum LoadError {
     BadChecksumArg(String),
     #[error("{0}")]
     Artifact(#[from] ArtifactError),
+    #[error("model {from} is larger than --max-model-bytes ({limit} bytes)")]
+    TooLarge { from: String, limit: u64 },
+    #[error("model {0} is fetched over plain http: give --sha256 so its bytes are verified (or use https)")]
+    UnverifiedHttp(String),
 }
 
-/// Largest artifact a download may return.
-const MAX_DOWNLOAD: usize = 512 * 1024 * 1024;
+/// Default of `--max-model-bytes`.
+pub const DEFAULT_MAX_MODEL_BYTES: u64 = 512 * 1024 * 1024;
 
-/// Reads the artifact bytes from `source`.
-pub async fn fetch(source: &str) -> Result<Vec<u8>, LoadError> {
-    if source.starts_with("http://") || source.starts_with("https://") {
-        return download(source).await;
+/// Whether `source` starts with `scheme` (`http://`), ignoring case as URLs do.
+fn has_scheme(source: &str, scheme: &str) -> bool {
+    source.get(..scheme.len()).is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+}
+
+/// Reads at most `max_bytes` of artifact from `source`.
+pub async fn fetch(source: &str, max_bytes: u64) -> Result<Vec<u8>, LoadError> {
+    if has_scheme(source, "http://") || has_scheme(source, "https://") {
+        return download(source, max_bytes).await;
     }
     let path = source.strip_prefix("file://").unwrap_or(source);
-    tokio::fs::read(path).await.map_err(|source| LoadError::Read { path: path.to_string(), source })
+    read_file(path, max_bytes).await
 }
 
-async fn download(url: &str) -> Result<Vec<u8>, LoadError> {
+async fn read_file(path: &str, max_bytes: u64) -> Result<Vec<u8>, LoadError> {
+    let read_err = |source| LoadError::Read { path: path.to_string(), source };
+    let too_large = || LoadError::TooLarge { from: path.to_string(), limit: max_bytes };
+    let file = tokio::fs::File::open(path).await.map_err(read_err)?;
+    let len = file.metadata().await.map_err(read_err)?.len();
+    if len > max_bytes {
+        return Err(too_large());
+    }
+    // `take` as well: the file may grow, or be a pipe or device whose length says nothing.
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(max_bytes.saturating_add(1)).read_to_end(&mut bytes).await.map_err(read_err)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// Whether a redirect from the chain `previous` to `next` may be followed: never https to http.
+pub fn redirect_allowed(previous: &[reqwest::Url], next: &reqwest::Url) -> Result<(), String> {
+    if previous.len() >= 10 {
+        return Err("more than 10 redirects".into());
+    }
+    if next.scheme() != "https" && previous.iter().any(|u| u.scheme() == "https") {
+        return Err(format!("refused a redirect from https to {next}"));
+    }
+    Ok(())
+}
+
+async fn download(url: &str, max_bytes: u64) -> Result<Vec<u8>, LoadError> {
     let err = |reason: String| LoadError::Download { url: url.to_string(), reason };
+    let too_large = || LoadError::TooLarge { from: url.to_string(), limit: max_bytes };
+    let policy =
+        reqwest::redirect::Policy::custom(|attempt| match redirect_allowed(attempt.previous(), attempt.url()) {
+            Ok(()) => attempt.follow(),
+            Err(reason) => attempt.error(reason),
+        });
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(300))
+        .redirect(policy)
         .build()
         .map_err(|e| err(e.to_string()))?;
-    let mut resp = client.get(url).send().await.map_err(|e| err(e.to_string()))?;
+    let mut resp = client.get(url).send().await.map_err(|e| err(format!("{e:#}")))?;
     if !resp.status().is_success() {
         return Err(err(format!("HTTP status {}", resp.status())));
     }
+    if resp.content_length().is_some_and(|n| n > max_bytes) {
+        return Err(too_large());
+    }
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| err(e.to_string()))? {
-        if body.len() + chunk.len() > MAX_DOWNLOAD {
-            return Err(err(format!("larger than {MAX_DOWNLOAD} bytes")));
+        if (body.len() + chunk.len()) as u64 > max_bytes {
+            return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
@@ -75,9 +128,52 @@ pub fn verify(bytes: &[u8], expected: Option<&str>) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Fetches, verifies and parses an artifact.
-pub async fn load(source: &str, sha256: Option<&str>) -> Result<Artifact, LoadError> {
-    let bytes = fetch(source).await?;
+/// Fetches (at most `max_bytes`), verifies and parses an artifact.
+pub async fn load(source: &str, sha256: Option<&str>, max_bytes: u64) -> Result<Artifact, LoadError> {
+    if sha256.is_none() && has_scheme(source, "http://") {
+        return Err(LoadError::UnverifiedHttp(source.to_string()));
+    }
+    let bytes = fetch(source, max_bytes).await?;
     verify(&bytes, sha256)?;
     Ok(Artifact::from_slice(&bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> reqwest::Url {
+        reqwest::Url::parse(s).expect("valid URL")
+    }
+
+    #[test]
+    fn redirects_never_downgrade_https() {
+        assert!(redirect_allowed(&[url("https://a/m")], &url("https://b/m")).is_ok());
+        assert!(redirect_allowed(&[url("http://a/m")], &url("http://b/m")).is_ok());
+        assert!(redirect_allowed(&[url("http://a/m")], &url("https://b/m")).is_ok());
+        let e = redirect_allowed(&[url("https://a/m")], &url("http://b/m")).expect_err("downgrade");
+        assert!(e.contains("from https to http://b/m"), "{e}");
+        let e = redirect_allowed(&[url("https://a/m"), url("https://b/m")], &url("HTTP://c/m")).expect_err("downgrade");
+        assert!(e.contains("from https"), "{e}");
+        assert!(redirect_allowed(&vec![url("https://a/m"); 10], &url("https://a/m")).is_err());
+    }
+
+    #[tokio::test]
+    async fn plain_http_needs_a_sha256_and_is_refused_before_connecting() {
+        // Port 9 (discard) on loopback: nothing is fetched, the refusal comes first.
+        let e = load("HTTP://127.0.0.1:9/m.json", None, 1024).await.expect_err("refused");
+        assert!(matches!(e, LoadError::UnverifiedHttp(_)), "{e}");
+        assert!(e.to_string().contains("give --sha256"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn files_over_the_cap_are_refused_before_reading() {
+        let path = std::env::temp_dir().join(format!("modelship-load-cap-{}", std::process::id()));
+        std::fs::write(&path, vec![b'x'; 2048]).expect("write");
+        let p = path.to_str().expect("utf-8 path");
+        let e = fetch(p, 1024).await.expect_err("too large");
+        assert!(e.to_string().contains("larger than --max-model-bytes (1024 bytes)"), "{e}");
+        assert_eq!(fetch(p, 2048).await.expect("at the cap").len(), 2048);
+        std::fs::remove_file(&path).ok();
+    }
 }

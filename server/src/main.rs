@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use modelship_server::http::{AppState, Limits, app};
+use modelship_server::serve::{ConnectionLimits, serve};
 use modelship_server::{Model, batch, load, train};
 use tracing::{error, info};
 
@@ -26,7 +27,8 @@ enum Command {
         /// Model artifact: a path, file:///PATH, http://... or https://...
         #[arg(long, env = "MODELSHIP_MODEL")]
         model: String,
-        /// Expected SHA-256 of the artifact (64 hex digits).
+        /// Expected SHA-256 of the artifact (64 hex digits); required for an http:// model,
+        /// optional for https:// and files.
         #[arg(long, env = "MODELSHIP_MODEL_SHA256")]
         sha256: Option<String>,
         /// Name the model is served under (default: the name it was trained under).
@@ -40,12 +42,34 @@ enum Command {
         host: std::net::IpAddr,
         #[arg(long, default_value_t = 8080, env = "MODELSHIP_PORT")]
         port: u16,
-        /// Largest request body in bytes.
-        #[arg(long, default_value_t = Limits::default().max_body_bytes)]
+        /// Largest request body in bytes (413 beyond).
+        #[arg(long, default_value_t = Limits::default().max_body_bytes, env = "MODELSHIP_MAX_BODY_BYTES")]
         max_body_bytes: usize,
-        /// Most rows in one prediction request.
-        #[arg(long, default_value_t = Limits::default().max_rows)]
+        /// Most rows in one prediction request (400 beyond).
+        #[arg(long, default_value_t = Limits::default().max_rows, env = "MODELSHIP_MAX_ROWS")]
         max_rows: usize,
+        /// Most prediction requests served at once; more get 503 with Retry-After (no queue).
+        /// Body memory is at most this times --max-body-bytes.
+        #[arg(long, default_value_t = Limits::default().max_concurrent_requests, env = "MODELSHIP_MAX_CONCURRENT_REQUESTS",
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        max_concurrent_requests: usize,
+        /// Seconds a prediction request may take from its headers to its response: 408 if the
+        /// body has not arrived by then, 503 if the prediction has not finished.
+        #[arg(long, default_value_t = Limits::default().request_timeout.as_secs(), env = "MODELSHIP_REQUEST_TIMEOUT_SECONDS",
+              value_parser = clap::value_parser!(u64).range(1..))]
+        request_timeout_seconds: u64,
+        /// Seconds a connection may take to send a request's headers (and may stay idle between
+        /// requests) before it is closed.
+        #[arg(long, default_value_t = ConnectionLimits::default().header_read_timeout.as_secs(),
+              env = "MODELSHIP_HEADER_READ_TIMEOUT_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+        header_read_timeout_seconds: u64,
+        /// Most open connections; beyond it new connections are closed at once.
+        #[arg(long, default_value_t = ConnectionLimits::default().max_connections, env = "MODELSHIP_MAX_CONNECTIONS",
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+        max_connections: usize,
+        /// Largest model artifact in bytes; a bigger file or download is refused before it is read.
+        #[arg(long, default_value_t = load::DEFAULT_MAX_MODEL_BYTES, env = "MODELSHIP_MAX_MODEL_BYTES")]
+        max_model_bytes: u64,
         /// On SIGTERM, report not-ready and keep serving this long before draining (lets
         /// Service endpoints update first).
         #[arg(long, default_value_t = 0)]
@@ -120,8 +144,32 @@ fn fail(reason: String) -> ! {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve { model, sha256, name, model_version, host, port, max_body_bytes, max_rows, drain_seconds } => {
-            let state = AppState::new(Limits { max_body_bytes, max_rows });
+        Command::Serve {
+            model,
+            sha256,
+            name,
+            model_version,
+            host,
+            port,
+            max_body_bytes,
+            max_rows,
+            max_concurrent_requests,
+            request_timeout_seconds,
+            header_read_timeout_seconds,
+            max_connections,
+            max_model_bytes,
+            drain_seconds,
+        } => {
+            let state = AppState::new(Limits {
+                max_body_bytes,
+                max_rows,
+                max_concurrent_requests,
+                request_timeout: Duration::from_secs(request_timeout_seconds),
+            });
+            let connections = ConnectionLimits {
+                header_read_timeout: Duration::from_secs(header_read_timeout_seconds),
+                max_connections,
+            };
             let addr = SocketAddr::new(host, port);
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -131,7 +179,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 let state = state.clone();
                 tokio::spawn(async move {
                     let start = Instant::now();
-                    match load::load(&model, sha256.as_deref()).await {
+                    match load::load(&model, sha256.as_deref(), max_model_bytes).await {
                         Ok(artifact) => {
                             let m = Model::new(artifact, name, model_version);
                             let secs = start.elapsed().as_secs_f64();
@@ -151,7 +199,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     tokio::time::sleep(Duration::from_secs(drain_seconds)).await;
                 }
             };
-            axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await?;
+            serve(listener, app(state), connections, shutdown).await?;
             loader.abort();
             info!("stopped");
             Ok(())
@@ -179,7 +227,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Batch { model, sha256, input, output, chunk_rows } => {
-            let artifact = load::load(&model, sha256.as_deref()).await?;
+            let artifact = load::load(&model, sha256.as_deref(), load::DEFAULT_MAX_MODEL_BYTES).await?;
             let model = Model::new(artifact, None, None);
             let report =
                 tokio::task::spawn_blocking(move || batch::score_csv(&model, &input, &output, chunk_rows)).await??;

@@ -49,6 +49,9 @@ pub enum InputError {
     NotFinite,
     #[error("probabilities are not available for {0} models")]
     NoProbabilities(&'static str),
+    /// Finite inputs so far outside the model's range that the arithmetic overflowed.
+    #[error("the model's output for row {row} is not a finite number; the inputs are outside its numeric range")]
+    NotFiniteOutput { row: usize },
 }
 
 impl Model {
@@ -87,35 +90,41 @@ impl Model {
         Ok(())
     }
 
-    /// Predicts checked rows (see [`Model::check`]).
-    pub fn predict(&self, rows: ArrayView2<'_, f64>) -> Predictions {
+    /// Predicts checked rows (see [`Model::check`]); an overflow to NaN or infinity is an error,
+    /// never a silently wrong answer.
+    pub fn predict(&self, rows: ArrayView2<'_, f64>) -> Result<Predictions, InputError> {
         match &self.artifact.estimator {
             Estimator::LogisticRegression(m) => {
                 // linfa's rule (argmax of intercept + x·params, first on ties) without its
                 // per-call allocations; the tests check it against linfa's own `predict`.
                 let (params, intercept, classes) = (m.params(), m.intercept(), m.classes());
-                let ids = rows
-                    .outer_iter()
-                    .map(|row| {
-                        let mut best = (f64::NEG_INFINITY, 0);
-                        for (k, b) in intercept.iter().enumerate() {
-                            let z = b + row.dot(&params.column(k));
-                            if z > best.0 {
-                                best = (z, k);
-                            }
+                // `Artifact::check` proved `classes` non-empty and as long as `intercept`.
+                let mut ids = Vec::with_capacity(rows.nrows());
+                for (i, row) in rows.outer_iter().enumerate() {
+                    let mut best = (f64::NEG_INFINITY, 0);
+                    for (k, b) in intercept.iter().enumerate() {
+                        let z = b + row.dot(&params.column(k));
+                        if !z.is_finite() {
+                            return Err(InputError::NotFiniteOutput { row: i });
                         }
-                        classes[best.1]
-                    })
-                    .collect();
-                Predictions::Classes(ids)
+                        if z > best.0 {
+                            best = (z, k);
+                        }
+                    }
+                    ids.push(classes[best.1]);
+                }
+                Ok(Predictions::Classes(ids))
             }
             Estimator::DecisionTree(t) => {
                 let y: Array1<usize> = t.predict(&rows);
-                Predictions::Classes(y.to_vec())
+                Ok(Predictions::Classes(y.to_vec()))
             }
             Estimator::LinearRegression(m) => {
                 let y: Array1<f64> = m.predict(&rows);
-                Predictions::Values(y.to_vec())
+                if let Some(row) = y.iter().position(|v| !v.is_finite()) {
+                    return Err(InputError::NotFiniteOutput { row });
+                }
+                Ok(Predictions::Values(y.to_vec()))
             }
         }
     }
@@ -125,6 +134,9 @@ impl Model {
         match &self.artifact.estimator {
             Estimator::LogisticRegression(m) => {
                 let p = m.predict_probabilities(&rows);
+                if let Some((row, _)) = p.indexed_iter().find(|(_, v)| !v.is_finite()) {
+                    return Err(InputError::NotFiniteOutput { row: row.0 });
+                }
                 // linfa orders columns by `classes()`; reorder to class-id order.
                 let mut out = Array2::zeros((rows.nrows(), self.class_names().len()));
                 for (col, &class) in m.classes().iter().enumerate() {

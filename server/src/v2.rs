@@ -3,18 +3,19 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, Request, State};
+use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::features::Rows;
-use crate::http::{AppState, body_bytes, json_from_model};
+use crate::features::{Budget, Rows};
+use crate::http::{Admission, AppState, admit, json_from_model, offload, read_body};
+use crate::infer_request::{self, InputTensor};
 use crate::model::{Model, Predictions};
 
 /// Output tensor of predicted classes or values.
@@ -22,7 +23,8 @@ const PREDICT: &str = "predict";
 /// Output tensor of class probabilities (classifiers only, on request).
 const PREDICT_PROBA: &str = "predict_proba";
 
-pub(crate) fn routes() -> Router<Arc<AppState>> {
+pub(crate) fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    let admitted = || middleware::from_fn_with_state(state.clone(), admit);
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(|| async { axum::Json(json!({"live": true})) }))
@@ -31,8 +33,8 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v2/models/{name}/versions/{version}", get(model_metadata_versioned))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_versioned))
-        .route("/v2/models/{name}/infer", post(infer))
-        .route("/v2/models/{name}/versions/{version}/infer", post(infer_versioned))
+        .route("/v2/models/{name}/infer", post(infer.layer(admitted())))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer_versioned.layer(admitted())))
 }
 
 async fn server_metadata() -> axum::Json<Value> {
@@ -57,9 +59,18 @@ fn predict_datatype(model: &Model) -> &'static str {
     if model.artifact.estimator.is_classifier() { "INT64" } else { "FP64" }
 }
 
+/// The outputs a model has: `predict`, and `predict_proba` for models with probabilities.
+fn output_names(model: &Model) -> &'static [&'static str] {
+    if matches!(model.artifact.estimator, crate::artifact::Estimator::LogisticRegression(_)) {
+        &[PREDICT, PREDICT_PROBA]
+    } else {
+        &[PREDICT]
+    }
+}
+
 fn metadata(model: &Model) -> Value {
     let mut outputs = vec![json!({"name": PREDICT, "datatype": predict_datatype(model), "shape": [-1]})];
-    if matches!(model.artifact.estimator, crate::artifact::Estimator::LogisticRegression(_)) {
+    if output_names(model).contains(&PREDICT_PROBA) {
         outputs.push(json!({"name": PREDICT_PROBA, "datatype": "FP64", "shape": [-1, model.class_names().len()]}));
     }
     json!({
@@ -100,49 +111,6 @@ async fn model_ready_versioned(
 /// Header of the binary tensor data extension: the length of the JSON part of the body.
 const INFERENCE_HEADER: &str = "inference-header-content-length";
 
-#[derive(Deserialize)]
-struct InferRequest {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    parameters: Parameters,
-    inputs: Vec<InputTensor>,
-    #[serde(default)]
-    outputs: Option<Vec<RequestedOutput>>,
-}
-
-/// The `parameters` we understand (of the request, an input, or a requested output).
-#[derive(Deserialize, Default)]
-struct Parameters {
-    /// Input: this many bytes of the binary part hold the tensor.
-    #[serde(default)]
-    binary_data_size: Option<usize>,
-    /// Requested output: send it as binary.
-    #[serde(default)]
-    binary_data: Option<bool>,
-    /// Request: send every output as binary.
-    #[serde(default)]
-    binary_data_output: Option<bool>,
-}
-
-#[derive(Deserialize)]
-struct InputTensor {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
-    #[serde(default)]
-    parameters: Parameters,
-    #[serde(default)]
-    data: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct RequestedOutput {
-    name: String,
-    #[serde(default)]
-    parameters: Parameters,
-}
-
 #[derive(Serialize)]
 struct OutputTensor {
     name: &'static str,
@@ -176,14 +144,19 @@ impl OutputData {
     }
 }
 
-/// Splits a body into its JSON part and the binary tensor data that follows it.
-fn split_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ApiError> {
-    let Some(v) = headers.get(INFERENCE_HEADER) else { return Ok((body, &[])) };
-    let n: usize = v
-        .to_str()
+/// The length of the JSON part of the body, when binary tensor data follows it.
+fn json_part_len(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    let Some(v) = headers.get(INFERENCE_HEADER) else { return Ok(None) };
+    v.to_str()
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| ApiError::BadRequest(format!("{INFERENCE_HEADER} must be a byte count")))?;
+        .map(Some)
+        .ok_or_else(|| ApiError::BadRequest(format!("{INFERENCE_HEADER} must be a byte count")))
+}
+
+/// Splits a body into its JSON part and the binary tensor data that follows it.
+fn split_body(json_len: Option<usize>, body: &[u8]) -> Result<(&[u8], &[u8]), ApiError> {
+    let Some(n) = json_len else { return Ok((body, &[])) };
     if n > body.len() {
         return Err(ApiError::BadRequest(format!("{INFERENCE_HEADER} is {n} but the body has {} bytes", body.len())));
     }
@@ -218,8 +191,9 @@ fn f16_to_f64(bits: u16) -> f64 {
     }
 }
 
-/// Decodes little-endian binary tensor data of a numeric datatype.
-fn decode_binary(datatype: &str, bytes: &[u8]) -> Result<Vec<f64>, String> {
+/// Decodes little-endian binary tensor data of a numeric datatype (NaN and infinities included:
+/// [`Model::check`] refuses them for models that cannot take them).
+pub fn decode_binary(datatype: &str, bytes: &[u8]) -> Result<Vec<f64>, String> {
     let size = element_size(datatype);
     if !bytes.len().is_multiple_of(size) {
         return Err(format!("{} bytes are not whole {datatype} elements", bytes.len()));
@@ -241,159 +215,118 @@ fn decode_binary(datatype: &str, bytes: &[u8]) -> Result<Vec<f64>, String> {
             _ => u64::from_le_bytes(b) as f64,
         }
     });
-    let values: Vec<f64> = values.collect();
-    if values.iter().any(|v| !v.is_finite()) {
-        return Err("data values must be finite numbers".into());
-    }
-    Ok(values)
-}
-
-/// Flattens nested `data` arrays (row-major) into numbers, checking the datatype.
-fn flatten(value: &Value, datatype: &str, out: &mut Vec<f64>) -> Result<(), String> {
-    match value {
-        Value::Array(items) => items.iter().try_for_each(|v| flatten(v, datatype, out)),
-        Value::Number(n) => {
-            let integer = datatype.starts_with("INT") || datatype.starts_with("UINT");
-            if integer && !(n.is_i64() || n.is_u64()) {
-                return Err(format!("{datatype} data holds a non-integer value {n}"));
-            }
-            if datatype.starts_with("UINT") && n.is_i64() && n.as_i64().unwrap_or_default() < 0 {
-                return Err(format!("{datatype} data holds a negative value {n}"));
-            }
-            let v = n.as_f64().ok_or_else(|| format!("value {n} is not representable"))?;
-            if !v.is_finite() {
-                return Err("data values must be finite numbers".into());
-            }
-            out.push(v);
-            Ok(())
-        }
-        other => Err(format!("data must hold numbers, found {}", kind(other))),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::String(_) => "a string",
-        Value::Object(_) => "an object",
-        Value::Array(_) => "an array",
-        Value::Number(_) => "a number",
-    }
+    Ok(values.collect())
 }
 
 const NUMERIC: &[&str] =
     &["FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"];
 
-/// Turns the one input tensor into rows, checking datatype, shape and data length. `binary` is
-/// the binary part of the body, for inputs sent with the binary tensor data extension.
-fn input_rows(model: &Model, input: &InputTensor, binary: &[u8]) -> Result<Rows, ApiError> {
+/// Turns the input tensor into rows, checking datatype, shape and data length. `binary` is the
+/// binary part of the body; its declared size is checked against the shape and the bytes sent
+/// before anything is widened to `f64`.
+fn input_rows(budget: Budget, input: InputTensor, binary: &[u8]) -> Result<Rows, ApiError> {
     let bad = |m: String| ApiError::BadRequest(format!("input {:?}: {m}", input.name));
     if !NUMERIC.contains(&input.datatype.as_str()) {
         return Err(bad(format!("datatype {} is not supported; use FP32, FP64 or INT*", input.datatype)));
     }
-    if input.shape.iter().any(|&d| d < 0) {
-        return Err(bad(format!("shape {:?} has a negative dimension", input.shape)));
-    }
-    let (n_rows, n_cols) = match input.shape.as_slice() {
-        [cols] => (1, *cols as usize),
-        [rows, cols] => (*rows as usize, *cols as usize),
-        other => {
-            return Err(bad(format!("shape {other:?} must be [features] or [rows, features]")));
-        }
-    };
-    let data = match (input.parameters.binary_data_size, &input.data) {
+    let (n_rows, n_cols) = infer_request::rows_cols(&input.shape, budget).map_err(bad)?;
+    let n_values = n_rows * n_cols;
+    let data = match (input.binary_data_size, input.data) {
         (Some(size), _) => {
+            let need = n_values * element_size(&input.datatype);
+            if size != need {
+                return Err(bad(format!(
+                    "binary_data_size is {size} but shape {:?} of {} needs {need} bytes",
+                    input.shape, input.datatype
+                )));
+            }
             let bytes = binary.get(..size).ok_or_else(|| {
                 bad(format!("binary_data_size {size} exceeds the {} binary bytes sent", binary.len()))
             })?;
             decode_binary(&input.datatype, bytes).map_err(bad)?
         }
-        (None, Some(values)) => {
-            let mut data = Vec::with_capacity(n_rows.saturating_mul(n_cols).min(1 << 20));
-            flatten(values, &input.datatype, &mut data).map_err(bad)?;
-            data
+        (None, Some(data)) => {
+            data.check_datatype(&input.datatype).map_err(bad)?;
+            data.values
         }
         (None, None) => return Err(bad("has neither \"data\" nor parameters.binary_data_size".into())),
     };
-    if data.len() != n_rows.saturating_mul(n_cols) {
-        return Err(bad(format!("shape {:?} needs {} values, data has {}", input.shape, n_rows * n_cols, data.len())));
-    }
-    if n_cols != model.n_features() {
-        return Err(bad(format!("expected {} features per row, shape has {n_cols}", model.n_features())));
+    if data.len() != n_values {
+        return Err(bad(format!("shape {:?} needs {n_values} values, data has {}", input.shape, data.len())));
     }
     Rows::from_flat(data, n_cols, input.shape.len() == 1).map_err(bad)
 }
 
 async fn infer(
     State(state): State<Arc<AppState>>,
+    Extension(admission): Extension<Admission>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    run_infer(&state, &name, None, &headers, body)
+    serve_infer(state, admission, name, None, req).await
 }
 
 async fn infer_versioned(
     State(state): State<Arc<AppState>>,
+    Extension(admission): Extension<Admission>,
     Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    run_infer(&state, &name, Some(&version), &headers, body)
+    serve_infer(state, admission, name, Some(version), req).await
 }
 
-fn run_infer(
-    state: &AppState,
-    name: &str,
-    version: Option<&str>,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+async fn serve_infer(
+    state: Arc<AppState>,
+    admission: Admission,
+    name: String,
+    version: Option<String>,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    let body = body_bytes(state, body)?;
-    let model = lookup(state, name, version)?;
-    let (json_part, binary) = split_body(headers, &body)?;
-    let req: InferRequest = serde_json::from_slice(json_part)
-        .map_err(|e| ApiError::BadRequest(format!("invalid inference request: {e}")))?;
-    let [input] = req.inputs.as_slice() else {
-        return Err(ApiError::BadRequest(format!("expected exactly one input tensor, got {}", req.inputs.len())));
+    lookup(&state, &name, version.as_deref())?;
+    let json_len = json_part_len(req.headers())?;
+    let body = read_body(&state, &admission, req).await?;
+    let s = state.clone();
+    offload(&state, &admission, body.len(), move || {
+        let (json_part, binary) = split_body(json_len, &body)?;
+        run_infer(&s, lookup(&s, &name, version.as_deref())?, json_part, binary)
+    })
+    .await
+}
+
+/// One output's tensor, computed once however the response sends it.
+fn output(
+    state: &AppState,
+    model: &Model,
+    rows: &Rows,
+    name: &'static str,
+) -> Result<(&'static str, Vec<usize>, OutputData), ApiError> {
+    let n = rows.n_rows();
+    if name == PREDICT_PROBA {
+        let p = model.predict_proba(rows.matrix.view())?;
+        let shape = vec![n, p.ncols()];
+        return Ok(("FP64", shape, OutputData::Fp64(p.into_raw_vec_and_offset().0)));
+    }
+    let p = model.predict(rows.matrix.view())?;
+    state.metrics.predicted(&p);
+    let data = match p {
+        Predictions::Classes(c) => OutputData::Int64(c.into_iter().map(|x| x as i64).collect()),
+        Predictions::Values(v) => OutputData::Fp64(v),
     };
-    let rows = input_rows(model, input, binary)?;
+    Ok((predict_datatype(model), vec![n], data))
+}
+
+fn run_infer(state: &AppState, model: &Model, json_part: &[u8], binary: &[u8]) -> Result<Response, ApiError> {
+    let req =
+        infer_request::parse(json_part, state.budget(model), output_names(model)).map_err(ApiError::BadRequest)?;
+    let rows = input_rows(state.budget(model), req.input, binary)?;
     model.check(rows.matrix.view(), state.limits.max_rows)?;
 
-    let all_binary = req.parameters.binary_data_output.unwrap_or(false);
-    let wanted: Vec<(String, bool)> = match &req.outputs {
-        Some(outs) if !outs.is_empty() => {
-            outs.iter().map(|o| (o.name.clone(), o.parameters.binary_data.unwrap_or(all_binary))).collect()
-        }
-        _ => vec![(PREDICT.to_string(), all_binary)],
-    };
-    let n = rows.n_rows();
+    let wanted = if req.outputs.is_empty() { vec![(PREDICT, None)] } else { req.outputs };
     let mut outputs = Vec::with_capacity(wanted.len());
     let mut blobs = Vec::new();
-    for (out, binary_out) in &wanted {
-        let (name, datatype, shape, data) = match out.as_str() {
-            PREDICT => {
-                let p = model.predict(rows.matrix.view());
-                state.metrics.predicted(&p);
-                let data = match p {
-                    Predictions::Classes(c) => OutputData::Int64(c.into_iter().map(|x| x as i64).collect()),
-                    Predictions::Values(v) => OutputData::Fp64(v),
-                };
-                (PREDICT, predict_datatype(model), vec![n], data)
-            }
-            PREDICT_PROBA => {
-                let p = model.predict_proba(rows.matrix.view())?;
-                let shape = vec![n, p.ncols()];
-                (PREDICT_PROBA, "FP64", shape, OutputData::Fp64(p.iter().copied().collect()))
-            }
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown output {other:?}; outputs are {PREDICT:?} and {PREDICT_PROBA:?}"
-                )));
-            }
-        };
-        if *binary_out {
+    for (name, binary_out) in wanted {
+        let (datatype, shape, data) = output(state, model, &rows, name)?;
+        if binary_out.unwrap_or(req.binary_data_output) {
             let bytes = data.bytes();
             let parameters = Some(json!({"binary_data_size": bytes.len()}));
             outputs.push(OutputTensor { name, datatype, shape, parameters, data: None });

@@ -160,7 +160,7 @@ fn batch_scores_every_row_like_the_model_and_keeps_other_columns() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("scored 150 rows"));
 
     let model = Model::new(Artifact::from_slice(&std::fs::read(&model_path).unwrap()).unwrap(), None, None);
-    let Predictions::Classes(want) = model.predict(table.records.view()) else { panic!() };
+    let Ok(Predictions::Classes(want)) = model.predict(table.records.view()) else { panic!() };
     let mut reader = csv::Reader::from_path(&output).unwrap();
     assert_eq!(reader.headers().unwrap().iter().next_back(), Some("prediction"));
     let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
@@ -266,4 +266,81 @@ async fn sigterm_drains_then_exits_0() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn model_sources_are_capped_and_plain_http_needs_a_sha256() {
+    let dir = tmp("sources");
+    let model = train_iris(&dir);
+    let bytes = std::fs::read(&model).unwrap();
+    let (len, sha) = (bytes.len(), modelship_server::load::sha256_hex(&bytes));
+    let port = http_file_server(bytes).await;
+    let url = format!("http://127.0.0.1:{port}/iris.json");
+    let serve_once = |args: Vec<String>, env: Option<(&'static str, String)>| {
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["serve", "--port", "0"]).args(&args);
+            if let Some((k, v)) = env {
+                cmd.env(k, v);
+            }
+            cmd.output().unwrap()
+        })
+    };
+    let o = serve_once(vec!["--model".into(), url.clone()], None).await.unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(reason(&o).contains("plain http: give --sha256"), "{}", reason(&o));
+
+    let small = (len - 1).to_string();
+    let o = serve_once(
+        vec!["--model".into(), url.clone(), "--sha256".into(), sha, "--max-model-bytes".into(), small.clone()],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(reason(&o).contains(&format!("larger than --max-model-bytes ({small} bytes)")), "{}", reason(&o));
+
+    let path = model.to_str().unwrap().to_string();
+    let o = serve_once(vec!["--model".into(), path], Some(("MODELSHIP_MAX_MODEL_BYTES", small.clone()))).await.unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(reason(&o).contains(&format!("larger than --max-model-bytes ({small} bytes)")), "{}", reason(&o));
+}
+
+#[tokio::test]
+async fn limits_are_set_by_flags_or_env() {
+    let help = String::from_utf8(run(&["serve", "--help"]).stdout).unwrap();
+    for (flag, env) in [
+        ("--max-body-bytes", "MODELSHIP_MAX_BODY_BYTES"),
+        ("--max-rows", "MODELSHIP_MAX_ROWS"),
+        ("--max-concurrent-requests", "MODELSHIP_MAX_CONCURRENT_REQUESTS"),
+        ("--request-timeout-seconds", "MODELSHIP_REQUEST_TIMEOUT_SECONDS"),
+        ("--header-read-timeout-seconds", "MODELSHIP_HEADER_READ_TIMEOUT_SECONDS"),
+        ("--max-connections", "MODELSHIP_MAX_CONNECTIONS"),
+        ("--max-model-bytes", "MODELSHIP_MAX_MODEL_BYTES"),
+    ] {
+        assert!(help.contains(flag) && help.contains(&format!("env: {env}=")), "{flag} / {env} in:\n{help}");
+    }
+    let o = run(&["serve", "--model", "x", "--max-concurrent-requests", "0"]);
+    assert_eq!(o.status.code(), Some(2), "zero permits is refused");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--max-concurrent-requests"));
+
+    let dir = tmp("limits");
+    let model = train_iris(&dir);
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string(), "--model", model.to_str().unwrap()])
+        .env("MODELSHIP_MAX_ROWS", "1")
+        .args(["--max-body-bytes", "200"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = Serving { child, port };
+    wait_ready(s.port).await;
+    let row = [5.1, 3.5, 1.4, 0.2];
+    let r = predict(s.port, serde_json::json!({"features": [row, row]})).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("limit of 1 rows"));
+    let r = predict(s.port, serde_json::json!({"features": vec![row; 20]})).await;
+    assert_eq!(r.status(), 413, "the flag's body limit");
 }

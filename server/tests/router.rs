@@ -106,7 +106,7 @@ async fn all_150_iris_rows_agree_with_in_process_predictions() {
     };
     let expected: Vec<usize> = linfa::prelude::Predict::predict(linfa_model, &table.records).to_vec();
     let model = Model::new(iris_artifact().clone(), None, None);
-    assert_eq!(model.predict(table.records.view()), Predictions::Classes(expected.clone()), "fast path == linfa");
+    assert_eq!(model.predict(table.records.view()), Ok(Predictions::Classes(expected.clone())), "fast path == linfa");
     let r = post(&s, "/predict", json!({"features": rows})).await;
     assert_eq!(r.json()["prediction"], json!(expected));
     // One row at a time too, through V2.
@@ -119,6 +119,13 @@ async fn all_150_iris_rows_agree_with_in_process_predictions() {
         .await;
         assert_eq!(r.json()["outputs"][0]["data"], json!([want]));
     }
+    // A body large enough to be parsed and predicted on the blocking pool answers the same.
+    let many: Vec<&Vec<f64>> = rows.iter().cycle().take(rows.len() * 40).collect();
+    let body = json!({"inputs": [{"name": "x", "shape": [many.len(), 4], "datatype": "FP64", "data": many}]});
+    assert!(body.to_string().len() > 64 * 1024);
+    let r = post(&s, "/v2/models/iris/infer", body).await;
+    let want: Vec<usize> = expected.iter().copied().cycle().take(many.len()).collect();
+    assert_eq!(r.json()["outputs"][0]["data"], json!(want));
     // And the model is a real classifier: most of the training data is classified right.
     let names = &iris_artifact().class_names;
     let correct = expected.iter().zip(&table.targets).filter(|(p, t)| &names[**p] == *t).count();
@@ -241,7 +248,7 @@ async fn v2_errors_are_400_with_error_field() {
 
 #[tokio::test]
 async fn predict_bad_inputs_are_json_4xx_and_the_server_keeps_serving() {
-    let s = state_with(Limits { max_body_bytes: 4096, max_rows: 5 });
+    let s = state_with(Limits { max_body_bytes: 4096, max_rows: 5, ..Limits::default() });
     let raw = |b: &'static str| b.to_string();
     let cases: Vec<(String, StatusCode, &str)> = vec![
         (raw("{not json"), StatusCode::BAD_REQUEST, "invalid request body"),
@@ -423,7 +430,7 @@ mod fuzz {
             json_value().prop_map(|v| v.to_string().into_bytes()),
             prop::collection::vec(any::<u8>(), 0..64),
         ], route in prop::sample::select(vec!["/predict", "/predict?proba=true", "/v1/models/iris:predict", "/v2/models/iris/infer"])) {
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
             rt.block_on(async {
                 let s = state();
                 let r = call(&s, Method::POST, route, body.clone()).await;
