@@ -3,8 +3,10 @@
 
 pub mod desired;
 pub mod error;
+pub mod failures;
 pub mod leader;
 pub mod metrics;
+pub mod ownership;
 pub mod reconcile;
 pub mod rollback;
 pub mod source;

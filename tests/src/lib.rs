@@ -267,6 +267,8 @@ pub struct OperatorOptions {
     pub lease_namespace: String,
     /// Run with this kubeconfig instead of the test's `KUBECONFIG` (e.g. a ServiceAccount's token).
     pub kubeconfig: Option<PathBuf>,
+    /// More command-line flags, e.g. `--allowed-image-prefixes=...`.
+    pub extra_args: Vec<String>,
 }
 
 impl OperatorOptions {
@@ -278,6 +280,7 @@ impl OperatorOptions {
             leader_elect: true,
             lease_namespace: ns.into(),
             kubeconfig: None,
+            extra_args: vec![],
         }
     }
 }
@@ -334,6 +337,7 @@ impl Operator {
             .args(["--identity", &opts.identity, "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(["--leader-elect", if opts.leader_elect { "true" } else { "false" }])
             .args(["--server-image", &server_image()])
+            .args(&opts.extra_args)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)
