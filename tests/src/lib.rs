@@ -94,6 +94,14 @@ pub async fn install_crd() {
     .await;
 }
 
+/// The cluster under test with the CRD installed, and a fresh namespace for one test.
+pub async fn setup(prefix: &str) -> (Client, TestNamespace) {
+    let c = client().await;
+    install_crd().await;
+    let ns = TestNamespace::new(&c, prefix).await;
+    (c, ns)
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout` with `what` in the message.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

@@ -14,18 +14,11 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use modelship_crds::MLModel;
 use modelship_tests::{
-    Operator, OperatorOptions, TestNamespace, client, install_crd, is_ready, kubectl, kubectl_stdin, patch_mlmodel,
-    remove_mlmodel_field, root, server_image, wait_for, wait_ready,
+    Operator, OperatorOptions, TestNamespace, is_ready, kubectl, kubectl_stdin, patch_mlmodel, remove_mlmodel_field,
+    root, server_image, setup, wait_for, wait_ready,
 };
 
 const T: Duration = Duration::from_secs(60);
-
-async fn setup(prefix: &str) -> (Client, TestNamespace) {
-    let c = client().await;
-    install_crd().await;
-    let ns = TestNamespace::new(&c, prefix).await;
-    (c, ns)
-}
 
 fn example() -> String {
     root().join("examples/iris.yaml").to_str().unwrap().to_string()

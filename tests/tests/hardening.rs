@@ -13,23 +13,24 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use modelship_crds::MLModel;
 use modelship_tests::{
-    Operator, OperatorOptions, TestNamespace, client, install_crd, kubectl, kubectl_stdin, patch_mlmodel,
-    remove_mlmodel_field, root, server_image, wait_for, wait_ready,
+    Operator, OperatorOptions, TestNamespace, kubectl, kubectl_stdin, patch_mlmodel, remove_mlmodel_field, root,
+    server_image, setup, wait_for, wait_ready,
 };
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
 
-async fn setup(prefix: &str) -> (Client, TestNamespace) {
-    let c = client().await;
-    install_crd().await;
-    let ns = TestNamespace::new(&c, prefix).await;
-    (c, ns)
-}
-
 /// Applies the iris example (its ConfigMap and the MLModel `iris`).
 fn apply_example(ns: &str) {
     kubectl(&["apply", "-n", ns, "-f", &root().join("examples/iris.yaml").to_string_lossy()]).unwrap();
+}
+
+/// A namespace with the test's operator and the iris example in it.
+async fn with_operator_and_example(prefix: &str) -> (Client, TestNamespace, Operator) {
+    let (c, ns) = setup(prefix).await;
+    let op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
+    apply_example(&ns.name);
+    (c, ns, op)
 }
 
 /// Applies an MLModel `name` serving the iris example's model, with `spec` merged in.
@@ -86,9 +87,7 @@ fn fingerprint(s: &Service) -> (Option<String>, String, String) {
 
 #[tokio::test]
 async fn an_unrelated_service_is_never_adopted_changed_or_deleted() {
-    let (c, ns) = setup("conflict").await;
-    let _op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
-    apply_example(&ns.name);
+    let (c, ns, _op) = with_operator_and_example("conflict").await;
     let services: Api<Service> = Api::namespaced(c.clone(), &ns.name);
     let theirs = services.create(&PostParams::default(), &service("web", BTreeMap::new(), None)).await.unwrap();
     let before = fingerprint(&theirs);
@@ -130,9 +129,7 @@ async fn names_that_could_collide_are_refused_at_admission_naming_the_field() {
 
 #[tokio::test]
 async fn a_child_the_api_server_refuses_becomes_degraded_and_a_fixed_spec_recovers() {
-    let (c, ns) = setup("refused").await;
-    let op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
-    apply_example(&ns.name);
+    let (c, ns, op) = with_operator_and_example("refused").await;
     let resources = |request: &str| json!({"server": {"resources": {"requests": {"memory": request}, "limits": {"memory": "256Mi"}}}});
     apply_model(&ns.name, "big", resources("512Mi")).unwrap();
     let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
@@ -155,9 +152,7 @@ async fn a_child_the_api_server_refuses_becomes_degraded_and_a_fixed_spec_recove
 
 #[tokio::test]
 async fn track_services_left_behind_are_removed_by_inventory() {
-    let (c, ns) = setup("inventory").await;
-    let _op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
-    apply_example(&ns.name);
+    let (c, ns, _op) = with_operator_and_example("inventory").await;
     let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
     let iris = wait_ready(&models, "iris", Some("v1"), T).await;
 
