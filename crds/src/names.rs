@@ -15,11 +15,13 @@ pub const GENERATED_SUFFIXES: &[&str] = &[CANARY_SUFFIX, STABLE_SUFFIX];
 /// longest suffix we append has 7.
 pub const MAX_NAME_LENGTH: usize = 63 - CANARY_SUFFIX.len();
 
-/// The CEL rule on the MLModel's `metadata.name` (checked at admission); keep it in step with
-/// [`name_problem`].
-pub const NAME_CEL_RULE: &str = "size(self.metadata.name) <= 56 \
+/// The CEL rule on the MLModel's `metadata.name`, checked when an MLModel is created (with
+/// `optionalOldSelf`, `oldSelf` has a value only on updates): a name never changes, and an MLModel
+/// stored before the rule existed must stay writable (its status too) so it can be replaced.
+/// Keep it in step with [`name_problem`].
+pub const NAME_CEL_RULE: &str = "oldSelf.hasValue() || (size(self.metadata.name) <= 56 \
     && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') \
-    && !self.metadata.name.endsWith('-canary') && !self.metadata.name.endsWith('-stable')";
+    && !self.metadata.name.endsWith('-canary') && !self.metadata.name.endsWith('-stable'))";
 /// The message of [`NAME_CEL_RULE`].
 pub const NAME_CEL_MESSAGE: &str = "metadata.name must be a DNS-1035 label of at most 56 characters (lowercase \
     letters, digits and '-', starting with a letter, ending with a letter or digit) and must not end in -canary \

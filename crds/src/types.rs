@@ -22,7 +22,7 @@ use crate::names::{NAME_CEL_MESSAGE, NAME_CEL_RULE};
            DNS-1035 label of at most 56 characters that does not end in -canary or -stable, so the names of its \
            children (NAME, NAME-canary, NAME-stable) never collide with another MLModel's.",
     namespaced,
-    validation = kube::core::Rule::new(NAME_CEL_RULE).message(NAME_CEL_MESSAGE),
+    validation = kube::core::Rule::new(NAME_CEL_RULE).message(NAME_CEL_MESSAGE).optional_old_self(true),
     status = "MLModelStatus",
     scale(
         spec_replicas_path = ".spec.replicas",
