@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use common::{model, settings};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Resource;
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use modelship_crds::MLModelStatus;
 use modelship_crds::condition::{DEGRADED, PROGRESSING, READY};
 use modelship_operator::error::is_refusal;
 use modelship_operator::failures::{FORGET_AFTER, Failures};
 use modelship_operator::metrics::Metrics;
-use modelship_operator::reconcile::{Context, StatusWrite, write_status};
+use modelship_operator::reconcile::{Context, StatusWrite, reconcile, write_status};
 use modelship_operator::{ownership, status};
 
 fn owned_by(m: &modelship_crds::MLModel) -> ObjectMeta {
@@ -176,4 +177,102 @@ async fn a_status_write_on_the_current_version_is_done() {
     let written = tokio::time::timeout(Duration::from_secs(10), write_status(&ctx, &m, "ml", &st)).await.unwrap();
     assert_eq!(server.await.unwrap()["metadata"]["resourceVersion"], "12");
     assert!(matches!(written, Ok(StatusWrite::Done)), "{written:?}");
+}
+
+/// What the stand-in API server saw: method, path (no query) and JSON body of each request.
+type Seen = Vec<(String, String, serde_json::Value)>;
+
+/// A stand-in API server for whole reconciles: answers every request with `answer` until the
+/// client is dropped, and returns what it saw.
+async fn serve<F>(mut handle: Handle, answer: F) -> Seen
+where
+    F: Fn(&str, &str, &serde_json::Value) -> (u16, serde_json::Value),
+{
+    let mut seen = vec![];
+    while let Some((req, send)) = handle.next_request().await {
+        let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+        let body = serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap_or_default();
+        let (code, reply) = answer(&method, &path, &body);
+        let response =
+            http::Response::builder().status(code).body(kube::client::Body::from(reply.to_string().into_bytes()));
+        send.send_response(response.unwrap());
+        seen.push((method, path, body));
+    }
+    seen
+}
+
+fn api_status(code: u16, reason: &str) -> serde_json::Value {
+    serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": reason,
+                       "code": code, "message": reason})
+}
+
+/// The cluster of `model` (the iris fixture): its ConfigMap, no children yet except, if given, a
+/// Service named like the model that someone else made; status writes answered with `status_code`.
+fn cluster(
+    model: &modelship_crds::MLModel,
+    foreign_service: Option<serde_json::Value>,
+    status_code: u16,
+) -> impl Fn(&str, &str, &serde_json::Value) -> (u16, serde_json::Value) + Send + 'static {
+    let stored = serde_json::to_value(model).unwrap();
+    move |method, path, body| match (method, path) {
+        ("GET", "/api/v1/namespaces/ml/configmaps/iris-model") => (
+            200,
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "iris-model"},
+                               "data": {"model.json": "{}"}}),
+        ),
+        ("GET", "/api/v1/namespaces/ml/pods") => {
+            (200, serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}))
+        }
+        ("GET", "/api/v1/namespaces/ml/services") => (
+            200,
+            serde_json::json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {},
+                               "items": []}),
+        ),
+        ("GET", "/api/v1/namespaces/ml/services/iris") if foreign_service.is_some() => {
+            (200, foreign_service.clone().unwrap_or_default())
+        }
+        ("GET", _) => (404, api_status(404, "NotFound")),
+        ("PATCH", p) if p.ends_with("/status") && status_code == 200 => (200, stored.clone()),
+        ("PATCH", p) if p.ends_with("/status") => (status_code, api_status(status_code, "Conflict")),
+        ("PATCH", _) | ("POST", _) => (200, body.clone()),
+        _ => (405, api_status(405, "MethodNotAllowed")),
+    }
+}
+
+fn patched(seen: &Seen) -> Vec<&str> {
+    seen.iter().filter(|(m, _, _)| m == "PATCH").map(|(_, p, _)| p.as_str()).collect()
+}
+
+#[tokio::test]
+async fn a_reconcile_whose_status_write_is_stale_requeues_at_once() {
+    let (ctx, handle) = mock_context();
+    let mut m = model("configmap://iris-model/model.json");
+    m.metadata.resource_version = Some("7".into());
+    let server = tokio::spawn(serve(handle, cluster(&m, None, 409)));
+    let reconciled = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(m), Arc::new(ctx))).await;
+    let seen = server.await.unwrap();
+    assert_eq!(reconciled.unwrap().unwrap(), Action::requeue(Duration::from_secs(1)), "{seen:?}");
+    let status = seen.iter().find(|(m, p, _)| m == "PATCH" && p.ends_with("/status")).unwrap();
+    assert_eq!(status.2["metadata"]["resourceVersion"], "7");
+}
+
+#[tokio::test]
+async fn a_service_someone_else_owns_is_never_patched_and_the_model_says_name_conflict() {
+    let (ctx, handle) = mock_context();
+    let mut m = model("configmap://iris-model/model.json");
+    m.metadata.resource_version = Some("7".into());
+    let theirs = serde_json::json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                                    "metadata": {"name": "iris", "namespace": "ml", "uid": "not-ours"}});
+    let server = tokio::spawn(serve(handle, cluster(&m, Some(theirs), 200)));
+    let reconciled = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(m), Arc::new(ctx))).await;
+    let seen = server.await.unwrap();
+    assert_eq!(reconciled.unwrap().unwrap(), Action::requeue(Duration::from_secs(5)), "backoff: {seen:?}");
+    assert_eq!(patched(&seen), ["/apis/modelship.dev/v1alpha1/namespaces/ml/mlmodels/iris/status"], "{seen:?}");
+    let status = &seen.iter().find(|(m, _, _)| m == "PATCH").unwrap().2["status"];
+    let degraded = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Degraded").unwrap();
+    assert_eq!(degraded["reason"], "NameConflict");
+    let msg = degraded["message"].as_str().unwrap();
+    assert!(msg.contains(r#"Service "iris""#) && msg.contains("no owner"), "{msg}");
+    let event = seen.iter().find(|(m, p, _)| m == "POST" && p.contains("/events")).expect("an Event");
+    assert_eq!(event.2["reason"], "NameConflict");
 }
