@@ -27,6 +27,9 @@ pub enum Error {
     /// until the spec changes.
     #[error("the API server refused the {kind} {name:?}: {message}")]
     Rejected { kind: String, name: String, message: String },
+    /// A spec field the API server would not accept in a child, found before applying it.
+    #[error("{field}: {message}")]
+    InvalidSpec { field: String, message: String },
     /// The effective server image matches none of `--allowed-image-prefixes`.
     #[error(
         "server image {image:?} is not allowed by this operator's image policy (allowed prefixes: {allowed}); \
@@ -44,6 +47,7 @@ impl Error {
             Self::Serialize { .. } => "serialize",
             Self::NameConflict { .. } => "name_conflict",
             Self::Rejected { .. } => "invalid_child",
+            Self::InvalidSpec { .. } => "invalid_spec",
             Self::ImageNotAllowed { .. } => "image_not_allowed",
         }
     }
@@ -54,6 +58,7 @@ impl Error {
         match self {
             Self::NameConflict { .. } => Some("NameConflict"),
             Self::Rejected { .. } => Some("InvalidChild"),
+            Self::InvalidSpec { .. } => Some("InvalidSpec"),
             Self::ImageNotAllowed { .. } => Some("ImageNotAllowed"),
             Self::Kube { .. } | Self::MissingNamespace | Self::Serialize { .. } => None,
         }

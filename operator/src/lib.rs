@@ -12,3 +12,4 @@ pub mod rollback;
 pub mod source;
 pub mod status;
 pub mod traffic;
+pub mod validate;

@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::ownership;
 use crate::rollback::{self, StableChoice};
 use crate::status::{self, CanaryObserved, Observed, Rollout};
-use crate::{source, traffic};
+use crate::{source, traffic, validate};
 
 /// Shared by every reconcile.
 pub struct Context {
@@ -113,6 +113,7 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
     if !ctx.settings.image_allowed(&image) {
         return Err(Error::ImageNotAllowed { image, allowed: ctx.settings.allowed_image_prefixes.join(", ") });
     }
+    validate::spec(model)?;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let previous = model.status.clone().unwrap_or_default();
     let mut rollback = previous.rollback.clone().unwrap_or_default();

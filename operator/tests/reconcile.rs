@@ -18,7 +18,7 @@ use modelship_operator::error::is_refusal;
 use modelship_operator::failures::{FORGET_AFTER, Failures};
 use modelship_operator::metrics::Metrics;
 use modelship_operator::reconcile::{Context, StatusWrite, reconcile, write_status};
-use modelship_operator::{ownership, status};
+use modelship_operator::{ownership, status, validate};
 
 fn owned_by(m: &modelship_crds::MLModel) -> ObjectMeta {
     ObjectMeta { owner_references: m.controller_owner_ref(&()).map(|r| vec![r]), ..Default::default() }
@@ -275,4 +275,23 @@ async fn a_service_someone_else_owns_is_never_patched_and_the_model_says_name_co
     assert!(msg.contains(r#"Service "iris""#) && msg.contains("no owner"), "{msg}");
     let event = seen.iter().find(|(m, p, _)| m == "POST" && p.contains("/events")).expect("an Event");
     assert_eq!(event.2["reason"], "NameConflict");
+}
+
+#[test]
+fn malformed_quantities_are_caught_before_the_api_server_fails_with_a_500() {
+    for ok in ["100m", "64Mi", "1", "1.5", ".5", "5.", "2e3", "1E-2", "+1Gi", "3E", "250k"] {
+        assert!(validate::is_quantity(ok), "{ok}");
+    }
+    for bad in ["lots", "", "Mi", "1.2.3", "1e", "1 Gi", "1GiB", "1mi", "--1"] {
+        assert!(!validate::is_quantity(bad), "{bad}");
+    }
+    let mut m = model("configmap://iris-model/model.json");
+    assert!(validate::spec(&m).is_ok());
+    m.spec.server = serde_json::from_value(serde_json::json!({"resources": {
+        "requests": {"cpu": "100m"}, "limits": {"memory": "lots"},
+    }}))
+    .unwrap();
+    let err = validate::spec(&m).unwrap_err();
+    assert_eq!(err.blocking_reason(), Some("InvalidSpec"));
+    assert!(err.to_string().starts_with(r#"spec.server.resources.limits.memory: "lots" is not a quantity"#), "{err}");
 }

@@ -144,6 +144,11 @@ async fn a_child_the_api_server_refuses_becomes_degraded_and_a_fixed_spec_recove
         assert!((1.0..=5.0).contains(&errors), "{errors} refused attempts so far");
     }
 
+    // A malformed quantity (the API server fails such an apply with a 500) is named too.
+    patch_mlmodel(&ns.name, "big", &json!({"spec": resources("lots")}).to_string());
+    let msg = degraded(&models, "big", "InvalidSpec").await;
+    assert!(msg.contains(r#"spec.server.resources.requests.memory: "lots" is not a quantity"#), "{msg}");
+
     patch_mlmodel(&ns.name, "big", &json!({"spec": resources("128Mi")}).to_string());
     let m = wait_ready(&models, "big", Some("v1"), T).await;
     let st = m.status.unwrap();
