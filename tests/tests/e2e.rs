@@ -90,6 +90,11 @@ async fn invalid_mlmodels_are_rejected_naming_the_field() {
             "minReplicas must be less than or equal to maxReplicas",
         ),
         (r#"{"model":{"uri":"configmap://m/k"},"server":{"port":80}}"#, "spec.server.port"),
+        (r#"{"model":{"uri":"configmap://m/k"},"server":{"limits":{"maxRows":0}}}"#, "spec.server.limits.maxRows"),
+        (
+            r#"{"model":{"uri":"configmap://m/k"},"server":{"limits":{"maxBodyBytes":10}}}"#,
+            "spec.server.limits.maxBodyBytes",
+        ),
         (r#"{"model":{"uri":"pvc://claim/../etc"}}"#, "spec.model.uri"),
         (r#"{"replicas":1}"#, "spec.model: Required value"),
     ];
