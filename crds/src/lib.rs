@@ -4,6 +4,7 @@
 
 pub mod labels;
 pub mod model_uri;
+pub mod names;
 mod types;
 
 pub use model_uri::{ModelUri, ModelUriError};

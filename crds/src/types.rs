@@ -4,6 +4,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use crate::model_uri::{URI_CEL_MESSAGE, URI_CEL_RULE};
+use crate::names::{NAME_CEL_MESSAGE, NAME_CEL_RULE};
 
 /// A trained model served as an online inference service.
 ///
@@ -17,8 +18,11 @@ use crate::model_uri::{URI_CEL_MESSAGE, URI_CEL_RULE};
     plural = "mlmodels",
     shortname = "mlm",
     category = "modelship",
-    doc = "A trained model served as an online inference service by the Modelship operator.",
+    doc = "A trained model served as an online inference service by the Modelship operator. Its name is a \
+           DNS-1035 label of at most 56 characters that does not end in -canary or -stable, so the names of its \
+           children (NAME, NAME-canary, NAME-stable) never collide with another MLModel's.",
     namespaced,
+    validation = kube::core::Rule::new(NAME_CEL_RULE).message(NAME_CEL_MESSAGE).optional_old_self(true),
     status = "MLModelStatus",
     scale(
         spec_replicas_path = ".spec.replicas",
@@ -227,6 +231,36 @@ pub struct ServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1024, max = 65535))]
     pub port: Option<i32>,
+
+    /// Per-request limits of the server. Each unset field keeps the server's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ServerLimits>,
+}
+
+/// Per-request limits the inference server enforces (passed as its command-line flags).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerLimits {
+    /// Largest request body in bytes (1 KiB to 1 GiB); a larger one is refused with 413.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 1073741824))]
+    pub max_body_bytes: Option<i64>,
+
+    /// Most rows one prediction request may carry (1 to 10,000,000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub max_rows: Option<i64>,
+
+    /// Prediction requests one pod serves at once (1 to 100,000); more are answered 503 with
+    /// `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_concurrent_requests: Option<i32>,
+
+    /// Seconds one request (reading the body and predicting) may take (1 to 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub request_timeout_seconds: Option<i32>,
 }
 
 /// The Service in front of the server pods.

@@ -36,6 +36,15 @@ fn cel_rules_are_in_the_schema() {
         assert!(rule.contains(scheme), "URI rule lacks {scheme}: {rule}");
     }
     assert_eq!(uri["maxLength"], 2048, "CEL cost needs a bounded string");
+
+    // The name rule is checked on create only: MLModels stored before it stay writable.
+    let name = &s["x-kubernetes-validations"][0];
+    assert_eq!(name["rule"], modelship_crds::names::NAME_CEL_RULE);
+    assert_eq!(name["optionalOldSelf"], true);
+    assert!(name["rule"].as_str().unwrap_or_default().starts_with("oldSelf.hasValue() || ("));
+    let limits = &spec["server"]["properties"]["limits"]["properties"];
+    assert_eq!(limits["maxBodyBytes"]["minimum"], 1024.0);
+    assert_eq!(limits["requestTimeoutSeconds"]["maximum"], 3600.0);
 }
 
 #[test]

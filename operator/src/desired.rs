@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
-use modelship_crds::{MLModel, ModelSpec, ModelUri, labels};
+use modelship_crds::{MLModel, ModelSpec, ModelUri, ServerLimits, labels};
 use sha2::{Digest, Sha256};
 
 /// Operator-wide settings the builders need.
@@ -25,6 +25,26 @@ use sha2::{Digest, Sha256};
 pub struct Settings {
     /// Server image used when `spec.server.image` is not set.
     pub server_image: String,
+    /// `--allowed-image-prefixes`: the server image of every model must start with one of these.
+    /// Empty: any image.
+    pub allowed_image_prefixes: Vec<String>,
+}
+
+impl Settings {
+    /// Settings with the default server image and no image policy.
+    pub fn new(server_image: impl Into<String>) -> Self {
+        Self { server_image: server_image.into(), allowed_image_prefixes: vec![] }
+    }
+
+    /// Whether the image policy lets pods run `image`.
+    pub fn image_allowed(&self, image: &str) -> bool {
+        self.allowed_image_prefixes.is_empty() || self.allowed_image_prefixes.iter().any(|p| image.starts_with(p))
+    }
+}
+
+/// The image the model's server pods run: `spec.server.image`, else the operator's default.
+pub fn server_image(model: &MLModel, settings: &Settings) -> String {
+    model.spec.server.as_ref().and_then(|s| s.image.clone()).unwrap_or_else(|| settings.server_image.clone())
 }
 
 /// What reconcile learned about the model source before building the pods.
@@ -90,7 +110,7 @@ impl Track {
     pub fn name(self, model: &MLModel) -> String {
         match self {
             Self::Stable => model.name_any(),
-            Self::Canary => format!("{}-canary", model.name_any()),
+            Self::Canary => format!("{}{}", model.name_any(), modelship_crds::names::CANARY_SUFFIX),
         }
     }
 }
@@ -263,7 +283,24 @@ fn server_args(model: &MLModel, served: &ModelSpec, model_arg: String) -> Vec<St
     if let Some(v) = &served.version {
         args.extend(["--model-version".into(), v.clone()]);
     }
+    if let Some(limits) = model.spec.server.as_ref().and_then(|s| s.limits.as_ref()) {
+        args.extend(limit_args(limits));
+    }
     args
+}
+
+/// The server flags of `spec.server.limits`: one per field that is set.
+fn limit_args(limits: &ServerLimits) -> Vec<String> {
+    [
+        ("--max-body-bytes", limits.max_body_bytes),
+        ("--max-rows", limits.max_rows),
+        ("--max-concurrent-requests", limits.max_concurrent_requests.map(i64::from)),
+        ("--request-timeout-seconds", limits.request_timeout_seconds.map(i64::from)),
+    ]
+    .into_iter()
+    .filter_map(|(flag, value)| value.map(|v| [flag.to_string(), v.to_string()]))
+    .flatten()
+    .collect()
 }
 
 /// A server Deployment: the stable one or the canary, as `pods` says.
@@ -289,7 +326,7 @@ pub fn deployment(model: &MLModel, pods: &ServerPods<'_>, settings: &Settings) -
 
     let container = Container {
         name: "server".into(),
-        image: Some(server.image.clone().unwrap_or_else(|| settings.server_image.clone())),
+        image: Some(server_image(model, settings)),
         args: Some(server_args(model, pods.model, model_arg)),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),

@@ -3,11 +3,14 @@
 
 pub mod desired;
 pub mod error;
+pub mod failures;
 pub mod leader;
 pub mod metrics;
+pub mod ownership;
 pub mod reconcile;
 pub mod rollback;
 pub mod source;
 pub mod status;
 pub mod traffic;
+pub mod validate;
 pub mod write_gate;

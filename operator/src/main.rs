@@ -33,6 +33,10 @@ struct Flags {
     /// Inference server image for models that do not set spec.server.image.
     #[arg(long, env = "MODELSHIP_SERVER_IMAGE", default_value = DEFAULT_SERVER_IMAGE)]
     server_image: String,
+    /// Server images models may run: the effective image of every MLModel must start with one of
+    /// these prefixes (comma-separated), else it goes Degraded ImageNotAllowed. Default: any image.
+    #[arg(long, env = "MODELSHIP_ALLOWED_IMAGE_PREFIXES", value_delimiter = ',')]
+    allowed_image_prefixes: Vec<String>,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
@@ -123,7 +127,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         writer.clone(),
         Reporter { controller: "modelship-operator".into(), instance: Some(identity.clone()) },
     );
-    let settings = Settings { server_image: flags.server_image.clone() };
+    let allowed_image_prefixes = flags.allowed_image_prefixes.iter().filter(|p| !p.is_empty()).cloned().collect();
+    let settings = Settings { server_image: flags.server_image.clone(), allowed_image_prefixes };
     let ctx = Arc::new(Context::new(writer, settings, metrics.clone(), recorder));
     info!(namespace = flags.namespace.as_deref().unwrap_or("<all>"), server_image = %flags.server_image, %identity, "operator started");
 

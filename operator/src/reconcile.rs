@@ -10,7 +10,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, Preconditions,
+};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -25,11 +27,13 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use crate::desired::{self, ServerPods, Settings, SourceVersion, Track};
-use crate::error::{Error, KubeContext};
+use crate::error::{Error, KubeContext, is_refusal};
+use crate::failures::Failures;
 use crate::metrics::Metrics;
+use crate::ownership;
 use crate::rollback::{self, StableChoice};
 use crate::status::{self, CanaryObserved, Observed, Rollout};
-use crate::{source, traffic};
+use crate::{source, traffic, validate};
 
 /// Shared by every reconcile.
 pub struct Context {
@@ -38,7 +42,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     /// Consecutive failures per MLModel, for exponential backoff.
-    pub failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<MLModel>, u32>>,
+    pub failures: std::sync::Mutex<Failures>,
 }
 
 impl Context {
@@ -58,22 +62,58 @@ const REQUEUE_NOT_READY: Duration = Duration::from_secs(15);
 const REQUEUE_AUTOSCALED: Duration = Duration::from_secs(60);
 /// Periodic resync of a Ready model.
 const REQUEUE_READY: Duration = Duration::from_secs(300);
+/// Requeue after a status write met a newer MLModel (409): soon, once the watch delivered it.
+const REQUEUE_STALE: Duration = Duration::from_secs(1);
 /// Field manager used only to hand `spec.replicas` over to an HPA (see `hand_over_replicas`).
 const HANDOVER_MANAGER: &str = "modelship-operator-handover";
 
 pub async fn reconcile(model: Arc<MLModel>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_timer();
-    let action = reconcile_inner(&model, &ctx).await?;
-    if let Ok(mut f) = ctx.failures.lock() {
-        f.remove(&ObjectRef::from_obj(model.as_ref()));
+    match reconcile_inner(&model, &ctx).await {
+        Ok(action) => {
+            if let Ok(mut f) = ctx.failures.lock() {
+                f.clear(&model);
+            }
+            Ok(action)
+        }
+        Err(e) => match e.blocking_reason() {
+            Some(reason) => report_blocked(&model, &ctx, reason, &e).await,
+            None => Err(e),
+        },
     }
-    Ok(action)
+}
+
+/// A spec that cannot be applied as it is goes into status (an Event marks the change) and is
+/// retried with backoff: until the spec or the conflicting object changes, a retry cannot help.
+async fn report_blocked(model: &MLModel, ctx: &Context, reason: &'static str, error: &Error) -> Result<Action, Error> {
+    let ns = model.namespace().ok_or(Error::MissingNamespace)?;
+    warn!(model = %model.name_any(), namespace = %ns, reason, %error, "the spec cannot be applied");
+    ctx.metrics.error(error.metric_label());
+    let n = record_failure(ctx, model);
+    let now = Time(jiff::Timestamp::now());
+    let mut new_status = status::blocked(model, reason, &error.to_string(), &now);
+    status::keep_transition_times(model.status.as_ref(), &mut new_status);
+    Ok(match update_status(ctx, model, &ns, &new_status).await? {
+        StatusWrite::Stale => Action::requeue(REQUEUE_STALE),
+        StatusWrite::Done => Action::requeue(backoff(n)),
+    })
+}
+
+/// Counts one more consecutive failure of `model`; returns the count.
+fn record_failure(ctx: &Context, model: &MLModel) -> u32 {
+    ctx.failures.lock().map(|mut f| f.record(model, std::time::Instant::now())).unwrap_or(1)
 }
 
 /// The reconcile proper; `reconcile` wraps it with timing and backoff bookkeeping.
 async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, Error> {
     let ns = model.namespace().ok_or(Error::MissingNamespace)?;
     let name = model.name_any();
+    // Before anything is applied: a forbidden image leaves the running pods as they are.
+    let image = desired::server_image(model, &ctx.settings);
+    if !ctx.settings.image_allowed(&image) {
+        return Err(Error::ImageNotAllowed { image, allowed: ctx.settings.allowed_image_prefixes.join(", ") });
+    }
+    validate::spec(model)?;
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
     let previous = model.status.clone().unwrap_or_default();
     let mut rollback = previous.rollback.clone().unwrap_or_default();
@@ -87,6 +127,9 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
     let before = deployments.get_opt(&name).await.during("get Deployment")?;
     let canary_name = Track::Canary.name(model);
     let before_canary = deployments.get_opt(&canary_name).await.during("get canary Deployment")?;
+    // Checked here too (apply checks again) because the replicas hand-over writes before the apply.
+    ownership::check(before.as_ref().map(|d| &d.metadata), model, "Deployment", &name)?;
+    ownership::check(before_canary.as_ref().map(|d| &d.metadata), model, "Deployment", &canary_name)?;
     let pods = list_pods(ctx, model, &ns).await?;
 
     // The canary: scaled to zero once it has failed, until spec.canary names another version.
@@ -171,11 +214,11 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
                 replicas: (!autoscaled).then_some(stable_replicas),
             };
             let desired_deploy = desired::deployment(model, &pods_spec, &ctx.settings);
-            apply(ctx, &ns, &desired::service(model), "apply Service").await?;
+            apply(ctx, model, &desired::service(model), "apply Service").await?;
             if autoscaled {
                 hand_over_replicas(&deployments, &name, before.as_ref()).await?;
             }
-            let live: Deployment = apply(ctx, &ns, &desired_deploy, "apply Deployment").await?;
+            let live: Deployment = apply(ctx, model, &desired_deploy, "apply Deployment").await?;
             sync_hpa(ctx, model, &ns).await?;
             announce_rollout(ctx, model, before.as_ref(), &desired_deploy).await;
             Some(live)
@@ -194,7 +237,7 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
                 replicas: Some(if c.failed { 0 } else { canary_replicas }),
             };
             Some(
-                apply(ctx, &ns, &desired::deployment(model, &pods_spec, &ctx.settings), "apply canary Deployment")
+                apply(ctx, model, &desired::deployment(model, &pods_spec, &ctx.settings), "apply canary Deployment")
                     .await?,
             )
         }
@@ -225,8 +268,11 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
             gateway_problem.is_none().then_some(weights)
         }
         None => {
-            if previous.traffic.as_ref().is_some_and(|t| t.mode == "Gateway") {
-                remove_gateway_objects(ctx, model, &ns).await?;
+            // By inventory, not by the previous status: Gateway mode may never have reached status
+            // (e.g. the Gateway API was missing) and still have created the track Services.
+            let pruned = prune_services(ctx, model, &ns, std::slice::from_ref(&name)).await?;
+            if pruned > 0 || previous.traffic.as_ref().is_some_and(|t| t.mode == "Gateway") {
+                delete_owned(&http_route_api(ctx, &ns), model, &name, "delete HTTPRoute").await?;
             }
             model.spec.canary.as_ref().map(|_| traffic::share_by_pods(stable_ready, canary_ready))
         }
@@ -261,9 +307,8 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
     let now = Time(jiff::Timestamp::now());
     let mut new_status = status::compute(model, &observed, &now);
     status::keep_transition_times(model.status.as_ref(), &mut new_status);
-    if model.status.as_ref() != Some(&new_status) {
-        write_status(ctx, model, &ns, &new_status).await?;
-        announce_conditions(ctx, model, model.status.as_ref(), &new_status).await;
+    if update_status(ctx, model, &ns, &new_status).await? == StatusWrite::Stale {
+        return Ok(Action::requeue(REQUEUE_STALE));
     }
 
     Ok(Action::requeue(if !status::is_ready(model, &new_status) {
@@ -308,20 +353,12 @@ pub fn error_policy(model: Arc<MLModel>, error: &Error, ctx: Arc<Context>) -> Ac
         };
         let _ = recorder.publish(&ev, &reference).await;
     });
-    let n = ctx
-        .failures
-        .lock()
-        .map(|mut f| {
-            let n = f.entry(ObjectRef::from_obj(model.as_ref())).or_insert(0);
-            *n += 1;
-            *n
-        })
-        .unwrap_or(1);
-    Action::requeue(backoff(n))
+    Action::requeue(backoff(record_failure(&ctx, &model)))
 }
 
-/// Server-side apply of one of our objects, forced (we revert other writers' edits).
-async fn apply<K>(ctx: &Context, ns: &str, obj: &K, action: &'static str) -> Result<K, Error>
+/// Server-side apply of one of the model's children, forced (we revert other writers' edits),
+/// only if no object of that name exists that the model does not control.
+async fn apply<K>(ctx: &Context, model: &MLModel, obj: &K, action: &'static str) -> Result<K, Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -329,10 +366,23 @@ where
         + Serialize
         + std::fmt::Debug,
 {
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let ns = model.namespace().ok_or(Error::MissingNamespace)?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let (kind, name) = (K::kind(&()), obj.name_any());
+    ownership::ensure_ours(&api, model, &kind, &name).await?;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     ctx.metrics.applied(action);
-    api.patch(&obj.name_any(), &pp, &Patch::Apply(obj)).await.during(action)
+    api.patch(&name, &pp, &Patch::Apply(obj)).await.map_err(|e| refused(e, &kind, &name, action))
+}
+
+/// A write the API server refuses for its content becomes [`Error::Rejected`] with its message.
+fn refused(e: kube::Error, kind: &str, name: &str, action: &'static str) -> Error {
+    match e {
+        kube::Error::Api(s) if is_refusal(&s) => {
+            Error::Rejected { kind: kind.into(), name: name.into(), message: s.message }
+        }
+        source => Error::Kube { action, source },
+    }
 }
 
 /// Whether our field manager (via Apply) currently owns `spec.replicas` of the Deployment.
@@ -360,7 +410,7 @@ async fn hand_over_replicas(api: &Api<Deployment>, name: &str, live: Option<&Dep
 /// Applies the HPA when autoscaling is set; deletes ours when it is not.
 async fn sync_hpa(ctx: &Context, model: &MLModel, ns: &str) -> Result<(), Error> {
     if let Some(hpa) = desired::hpa(model) {
-        apply(ctx, ns, &hpa, "apply HorizontalPodAutoscaler").await?;
+        apply(ctx, model, &hpa, "apply HorizontalPodAutoscaler").await?;
         return Ok(());
     }
     delete_owned(
@@ -377,16 +427,51 @@ async fn delete_owned<K>(api: &Api<K>, model: &MLModel, name: &str, action: &'st
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let Some(live) = api.get_opt(name).await.during(action)? else {
-        return Ok(());
-    };
-    let ours =
-        live.owner_references().iter().any(|o| Some(&o.uid) == model.uid().as_ref() && o.controller == Some(true));
-    if ours {
-        api.delete(name, &Default::default()).await.during(action)?;
-        info!(model = %model.name_any(), namespace = model.namespace().unwrap_or_default(), object = name, action, "deleted");
+    if let Some(live) = api.get_metadata_opt(name).await.during(action)? {
+        delete_if_controlled(api, model, &live.metadata, action).await?;
     }
     Ok(())
+}
+
+/// Deletes the object `live` describes if this MLModel controls it; returns whether it did. The
+/// uid precondition makes sure the object deleted is the one checked.
+async fn delete_if_controlled<K>(
+    api: &Api<K>,
+    model: &MLModel,
+    live: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    action: &'static str,
+) -> Result<bool, Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let Some(name) = live.name.as_deref().filter(|_| ownership::is_controlled_by(live, model)) else {
+        return Ok(false);
+    };
+    let preconditions = Preconditions { uid: live.uid.clone(), resource_version: None };
+    let dp = DeleteParams { preconditions: Some(preconditions), ..Default::default() };
+    match api.delete(name, &dp).await {
+        // Already gone, or replaced by another object of that name: nothing of ours to delete.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Ok(false),
+        other => other.during(action)?,
+    };
+    info!(model = %model.name_any(), namespace = model.namespace().unwrap_or_default(), object = name, action, "deleted");
+    Ok(true)
+}
+
+/// Deletes the Services this MLModel controls that `keep` does not name (cleanup by inventory:
+/// what carries our label and controller ownerReference). Returns how many it deleted.
+async fn prune_services(ctx: &Context, model: &MLModel, ns: &str, keep: &[String]) -> Result<usize, Error> {
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let lp = ListParams::default().labels(&desired::pod_selector_string(model));
+    let mut deleted = 0;
+    for svc in api.list_metadata(&lp).await.during("list Services")?.items {
+        if svc.metadata.name.as_ref().is_some_and(|n| !keep.contains(n))
+            && delete_if_controlled(&api, model, &svc.metadata, "delete Service").await?
+        {
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
 }
 
 fn http_route_api(ctx: &Context, ns: &str) -> Api<DynamicObject> {
@@ -404,18 +489,19 @@ async fn sync_gateway(
     weights: &TrafficStatus,
     with_canary: bool,
 ) -> Result<Option<String>, Error> {
-    apply(ctx, ns, &traffic::track_service(model, Track::Stable), "apply stable Service").await?;
-    let canary_svc = traffic::track_service_name(model, Track::Canary);
+    let mut keep = vec![model.name_any(), traffic::track_service_name(model, Track::Stable)];
+    apply(ctx, model, &traffic::track_service(model, Track::Stable), "apply stable Service").await?;
     if with_canary {
-        apply(ctx, ns, &traffic::track_service(model, Track::Canary), "apply canary Service").await?;
-    } else {
-        delete_owned(&Api::<Service>::namespaced(ctx.client.clone(), ns), model, &canary_svc, "delete canary Service")
-            .await?;
+        apply(ctx, model, &traffic::track_service(model, Track::Canary), "apply canary Service").await?;
+        keep.push(traffic::track_service_name(model, Track::Canary));
     }
+    prune_services(ctx, model, ns, &keep).await?;
     let route = traffic::http_route(model, gateway, weights, with_canary);
+    let (routes, name) = (http_route_api(ctx, ns), model.name_any());
+    ownership::ensure_ours(&routes, model, "HTTPRoute", &name).await?;
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     ctx.metrics.applied("apply HTTPRoute");
-    match http_route_api(ctx, ns).patch(&model.name_any(), &pp, &Patch::Apply(route)).await {
+    match routes.patch(&name, &pp, &Patch::Apply(route)).await {
         Ok(_) => Ok(None),
         // An apply creates a missing object, so a 404 means the resource type itself is missing.
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(Some(
@@ -423,18 +509,8 @@ async fn sync_gateway(
              (gateway.networking.k8s.io/v1): install the Gateway API CRDs, or remove spec.traffic"
                 .into(),
         )),
-        Err(e) => Err(e).during("apply HTTPRoute"),
+        Err(e) => Err(refused(e, "HTTPRoute", &name, "apply HTTPRoute")),
     }
-}
-
-/// `spec.traffic.gateway` was removed: delete our HTTPRoute and the per-track Services.
-async fn remove_gateway_objects(ctx: &Context, model: &MLModel, ns: &str) -> Result<(), Error> {
-    delete_owned(&http_route_api(ctx, ns), model, &model.name_any(), "delete HTTPRoute").await?;
-    for track in [Track::Stable, Track::Canary] {
-        let svc = traffic::track_service_name(model, track);
-        delete_owned(&Api::<Service>::namespaced(ctx.client.clone(), ns), model, &svc, "delete track Service").await?;
-    }
-    Ok(())
 }
 
 async fn list_pods(ctx: &Context, model: &MLModel, ns: &str) -> Result<Vec<Pod>, Error> {
@@ -443,18 +519,55 @@ async fn list_pods(ctx: &Context, model: &MLModel, ns: &str) -> Result<Vec<Pod>,
     Ok(api.list(&lp).await.during("list Pods")?.items)
 }
 
-async fn write_status(ctx: &Context, model: &MLModel, ns: &str, status: &MLModelStatus) -> Result<(), Error> {
+/// The outcome of a status write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusWrite {
+    /// Written, or nothing to write.
+    Done,
+    /// The MLModel changed since the copy this status was computed from (409): nothing was
+    /// written; reconcile again from the newer copy.
+    Stale,
+}
+
+/// Writes `new` if it differs from the stored status, and announces condition changes.
+async fn update_status(ctx: &Context, model: &MLModel, ns: &str, new: &MLModelStatus) -> Result<StatusWrite, Error> {
+    if model.status.as_ref() == Some(new) {
+        return Ok(StatusWrite::Done);
+    }
+    let written = write_status(ctx, model, ns, new).await?;
+    if written == StatusWrite::Done {
+        announce_conditions(ctx, model, model.status.as_ref(), new).await;
+    }
+    Ok(written)
+}
+
+/// Applies the status, with the resourceVersion of the MLModel it was computed from as a
+/// precondition: the status carries state (`rollback`, `lastGoodModel`) that a write from a stale
+/// cache would erase.
+pub async fn write_status(
+    ctx: &Context,
+    model: &MLModel,
+    ns: &str,
+    status: &MLModelStatus,
+) -> Result<StatusWrite, Error> {
     let api: Api<MLModel> = Api::namespaced(ctx.client.clone(), ns);
-    let patch = serde_json::json!({
+    let mut patch = serde_json::json!({
         "apiVersion": MLModel::api_version(&()),
         "kind": MLModel::kind(&()),
         "status": status,
     });
+    if let Some(rv) = model.resource_version() {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": rv });
+    }
     ctx.metrics.status_written();
-    api.patch_status(&model.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
-        .await
-        .during("patch MLModel status")?;
-    Ok(())
+    match api.patch_status(&model.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await {
+        Ok(_) => Ok(StatusWrite::Done),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            info!(model = %model.name_any(), namespace = %ns, "status computed from a stale MLModel; reconciling again");
+            Ok(StatusWrite::Stale)
+        }
+        Err(e) => Err(e).during("patch MLModel status"),
+    }
 }
 
 async fn publish(ctx: &Context, model: &MLModel, type_: EventType, reason: &str, note: String) {

@@ -393,3 +393,25 @@ pub fn is_ready(model: &MLModel, status: &MLModelStatus) -> bool {
     status.observed_generation == model.metadata.generation
         && status.condition(READY).is_some_and(|c| c.status == "True")
 }
+
+/// The status of a model whose spec cannot be applied (a name conflict, a child the API server
+/// refuses, an image the policy forbids): the stored status with Ready False, Progressing False
+/// and Degraded True, naming `reason` and the cause. Whatever already runs is left as it is.
+pub fn blocked(model: &MLModel, reason: &str, message: &str, now: &Time) -> MLModelStatus {
+    let generation = model.metadata.generation;
+    let mut st = model.status.clone().unwrap_or_default();
+    let c = |t: &str, s: bool, r: &str, m: String| condition(t, s, r, m, generation, now);
+    let others = st.conditions.iter().filter(|c| ![READY, PROGRESSING, DEGRADED].contains(&c.type_.as_str()));
+    let mut conditions = vec![
+        c(READY, false, reason, message.to_string()),
+        c(PROGRESSING, false, "Blocked", "the current spec cannot be rolled out until the problem is fixed".into()),
+        c(DEGRADED, true, reason, message.to_string()),
+    ];
+    conditions.extend(others.cloned());
+    st.observed_generation = generation;
+    st.conditions = conditions;
+    if st.selector.is_none() {
+        st.selector = Some(desired::pod_selector_string(model));
+    }
+    st
+}

@@ -182,7 +182,7 @@ fn rollout_hash_changes_exactly_when_pods_must_change() {
     let other = desired::rollout_hash(
         &base,
         &base.spec.model,
-        &modelship_operator::desired::Settings { server_image: "other:1".into() },
+        &modelship_operator::desired::Settings::new("other:1"),
         &SourceVersion::default(),
     );
     assert_ne!(
@@ -258,4 +258,59 @@ fn replicas_ownership_is_read_from_managed_fields() {
         entry("kube-controller-manager", serde_json::json!({"f:spec": {"f:replicas": {}}})),
     ]);
     assert!(!we_own_replicas(&d));
+}
+
+#[test]
+fn server_limits_become_exactly_the_flags_that_are_set() {
+    let m = model("configmap://iris-model/model.json");
+    let none = args(&build(&m));
+    for flag in ["--max-body-bytes", "--max-rows", "--max-concurrent-requests", "--request-timeout-seconds"] {
+        assert!(!none.contains(&flag.to_string()), "{flag} without spec.server.limits: {none:?}");
+    }
+
+    let mut all = m.clone();
+    all.spec.server = serde_json::from_value(serde_json::json!({"limits": {
+        "maxBodyBytes": 1048576, "maxRows": 500, "maxConcurrentRequests": 8, "requestTimeoutSeconds": 20,
+    }}))
+    .unwrap();
+    let d = build(&all);
+    assert_eq!(arg_after(&d, "--max-body-bytes").as_deref(), Some("1048576"));
+    assert_eq!(arg_after(&d, "--max-rows").as_deref(), Some("500"));
+    assert_eq!(arg_after(&d, "--max-concurrent-requests").as_deref(), Some("8"));
+    assert_eq!(arg_after(&d, "--request-timeout-seconds").as_deref(), Some("20"));
+
+    let mut one = m.clone();
+    one.spec.server = serde_json::from_value(serde_json::json!({"limits": {"maxRows": 64}})).unwrap();
+    let a = args(&build(&one));
+    assert_eq!(arg_after(&build(&one), "--max-rows").as_deref(), Some("64"));
+    assert_eq!(a.len(), none.len() + 2, "only --max-rows is added: {a:?}");
+}
+
+#[test]
+fn a_limits_change_rolls_the_pods() {
+    let base = model("configmap://iris-model/model.json");
+    let hash = |m: &modelship_crds::MLModel| {
+        desired::rollout_hash(m, &m.spec.model, &settings(), &SourceVersion { content_hash: Some("c1".into()) })
+    };
+    let mut limited = base.clone();
+    limited.spec.server = serde_json::from_value(serde_json::json!({"limits": {"maxRows": 64}})).unwrap();
+    let mut raised = base.clone();
+    raised.spec.server = serde_json::from_value(serde_json::json!({"limits": {"maxRows": 128}})).unwrap();
+    assert_ne!(hash(&base), hash(&limited));
+    assert_ne!(hash(&limited), hash(&raised));
+}
+
+#[test]
+fn the_image_policy_checks_the_effective_image() {
+    let mut policy = settings();
+    assert!(policy.image_allowed("anything:1"), "no policy: any image");
+    policy.allowed_image_prefixes = vec!["ghcr.io/modelship/".into(), "registry.example/ml/".into()];
+    let mut m = model("configmap://iris-model/model.json");
+    assert_eq!(desired::server_image(&m, &policy), "ghcr.io/modelship/modelship-server:test");
+    assert!(policy.image_allowed(&desired::server_image(&m, &policy)));
+    m.spec.server = serde_json::from_value(serde_json::json!({"image": "docker.io/evil/miner:1"})).unwrap();
+    assert_eq!(desired::server_image(&m, &policy), "docker.io/evil/miner:1");
+    assert!(!policy.image_allowed(&desired::server_image(&m, &policy)));
+    assert!(policy.image_allowed("registry.example/ml/server:2"));
+    assert!(!policy.image_allowed("registry.example/mlx/server:2"), "a prefix, not a substring match");
 }

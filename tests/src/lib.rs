@@ -98,6 +98,14 @@ pub async fn install_crd() {
     .await;
 }
 
+/// The cluster under test with the CRD installed, and a fresh namespace for one test.
+pub async fn setup(prefix: &str) -> (Client, TestNamespace) {
+    let c = client().await;
+    install_crd().await;
+    let ns = TestNamespace::new(&c, prefix).await;
+    (c, ns)
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout` with `what` in the message.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
@@ -271,6 +279,8 @@ pub struct OperatorOptions {
     pub lease_namespace: String,
     /// Run with this kubeconfig instead of the test's `KUBECONFIG` (e.g. a ServiceAccount's token).
     pub kubeconfig: Option<PathBuf>,
+    /// More command-line flags, e.g. `--allowed-image-prefixes=...`.
+    pub extra_args: Vec<String>,
 }
 
 impl OperatorOptions {
@@ -282,6 +292,7 @@ impl OperatorOptions {
             leader_elect: true,
             lease_namespace: ns.into(),
             kubeconfig: None,
+            extra_args: vec![],
         }
     }
 }
@@ -338,6 +349,7 @@ impl Operator {
             .args(["--identity", &opts.identity, "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(["--leader-elect", if opts.leader_elect { "true" } else { "false" }])
             .args(["--server-image", &server_image()])
+            .args(&opts.extra_args)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)

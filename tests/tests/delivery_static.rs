@@ -114,10 +114,23 @@ fn the_values_schema_rejects_bad_values_naming_the_field() {
         ("metrics.port=0", "/metrics/port"),
         ("imagesTag=v1", "imagesTag"),
         ("serviceMonitor.interval=often", "/serviceMonitor/interval"),
+        ("allowedImagePrefixes=ghcr.io/", "/allowedImagePrefixes"),
+        ("allowedImagePrefixes={a b}", "/allowedImagePrefixes/0"),
     ] {
         let err = helm(&["template", "x", &chart, "--set", set]).expect_err(set).to_string();
         assert!(err.contains(field), "--set {set}: error does not name {field}: {err}");
     }
+    // The image policy is a list of prefixes, passed as one comma-separated flag, or none at all.
+    let args = |docs: &[Value]| {
+        find(docs, "Deployment", "modelship")["spec"]["template"]["spec"]["containers"][0]["args"].clone()
+    };
+    let policy = args(&render(&["allowedImagePrefixes={ghcr.io/modelship/,registry.example/ml/}"]));
+    assert!(
+        policy.as_array().unwrap().contains(&"--allowed-image-prefixes=ghcr.io/modelship/,registry.example/ml/".into()),
+        "{policy}"
+    );
+    let none = args(&render(&[]));
+    assert!(!none.to_string().contains("--allowed-image-prefixes"), "no policy by default: {none}");
     // Two replicas with leader election is the supported HA setup.
     let docs = render(&["replicaCount=2"]);
     assert_eq!(find(&docs, "Deployment", "modelship")["spec"]["replicas"], 2);

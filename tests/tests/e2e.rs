@@ -14,18 +14,11 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use modelship_crds::MLModel;
 use modelship_tests::{
-    Operator, OperatorOptions, TestNamespace, client, install_crd, is_ready, kubectl, kubectl_stdin, patch_mlmodel,
-    remove_mlmodel_field, root, server_image, wait_for, wait_ready,
+    Operator, OperatorOptions, TestNamespace, is_ready, kubectl, kubectl_stdin, patch_mlmodel, remove_mlmodel_field,
+    root, server_image, setup, wait_for, wait_ready,
 };
 
 const T: Duration = Duration::from_secs(60);
-
-async fn setup(prefix: &str) -> (Client, TestNamespace) {
-    let c = client().await;
-    install_crd().await;
-    let ns = TestNamespace::new(&c, prefix).await;
-    (c, ns)
-}
 
 fn example() -> String {
     root().join("examples/iris.yaml").to_str().unwrap().to_string()
@@ -97,6 +90,11 @@ async fn invalid_mlmodels_are_rejected_naming_the_field() {
             "minReplicas must be less than or equal to maxReplicas",
         ),
         (r#"{"model":{"uri":"configmap://m/k"},"server":{"port":80}}"#, "spec.server.port"),
+        (r#"{"model":{"uri":"configmap://m/k"},"server":{"limits":{"maxRows":0}}}"#, "spec.server.limits.maxRows"),
+        (
+            r#"{"model":{"uri":"configmap://m/k"},"server":{"limits":{"maxBodyBytes":10}}}"#,
+            "spec.server.limits.maxBodyBytes",
+        ),
         (r#"{"model":{"uri":"pvc://claim/../etc"}}"#, "spec.model.uri"),
         (r#"{"replicas":1}"#, "spec.model: Required value"),
     ];

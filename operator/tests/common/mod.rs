@@ -42,5 +42,5 @@ pub fn argocd_model() -> MLModel {
 }
 
 pub fn settings() -> Settings {
-    Settings { server_image: "ghcr.io/modelship/modelship-server:test".into() }
+    Settings::new("ghcr.io/modelship/modelship-server:test")
 }

@@ -1,0 +1,44 @@
+//! Whether an existing object is this MLModel's to change or delete: only when it carries the
+//! MLModel's controller ownerReference (same uid). Anything else (someone's own Service, another
+//! model's child) is left untouched and reported as a name conflict.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::Api;
+use kube::{Resource, ResourceExt};
+use modelship_crds::MLModel;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, KubeContext};
+
+/// Whether `meta` carries `model`'s controller ownerReference.
+pub fn is_controlled_by(meta: &ObjectMeta, model: &MLModel) -> bool {
+    let Some(uid) = model.uid() else { return false };
+    meta.owner_references.iter().flatten().any(|o| o.uid == uid && o.controller == Some(true))
+}
+
+/// Who controls the object, for messages: its controller ownerReference, or "no owner".
+pub fn controller_of(meta: &ObjectMeta) -> String {
+    match meta.owner_references.iter().flatten().find(|o| o.controller == Some(true)) {
+        Some(o) => format!("{} {:?} (uid {})", o.kind, o.name, o.uid),
+        None => "no owner".into(),
+    }
+}
+
+/// `Ok` when no object named `name` exists yet or `model` controls it; else a name conflict.
+pub fn check(existing: Option<&ObjectMeta>, model: &MLModel, kind: &str, name: &str) -> Result<(), Error> {
+    match existing {
+        Some(meta) if !is_controlled_by(meta, model) => {
+            Err(Error::NameConflict { kind: kind.into(), name: name.into(), controller: controller_of(meta) })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Reads the metadata of the object `name` and [`check`]s it, before we apply to that name.
+pub async fn ensure_ours<K>(api: &Api<K>, model: &MLModel, kind: &str, name: &str) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let existing = api.get_metadata_opt(name).await.during("get object before apply")?;
+    check(existing.as_ref().map(|o| &o.metadata), model, kind, name)
+}
