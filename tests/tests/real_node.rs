@@ -189,3 +189,34 @@ fn the_images_match_the_dockerfile_and_are_small_nonroot_and_shell_free() {
         assert!(files.lines().any(|f| f == entry), "{kind} image holds its entrypoint {entry}");
     }
 }
+
+#[tokio::test]
+async fn per_model_limits_from_the_spec_reach_the_real_server() {
+    let Some((c, ns, _op)) = setup("real-limits").await else { return };
+    kubectl(&["apply", "-n", &ns.name, "-f", root().join("examples/iris.yaml").to_str().unwrap()]).unwrap();
+    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
+    wait_ready(&models, "iris", None, T).await;
+    modelship_tests::patch_mlmodel(
+        &ns.name,
+        "iris",
+        r#"{"spec":{"server":{"limits":{"maxBodyBytes":1024,"maxRows":2}}}}"#,
+    );
+    wait_ready(&models, "iris", None, T).await;
+    // Ready for the new generation means the old pod is gone: only the limited server answers.
+    real_node::wait_kube_proxy_synced().await;
+    let ip = real_node::cluster_ip(&ns.name, "iris").unwrap();
+    let url = format!("http://{ip}/predict");
+    let two = r#"{"features":[[5.1,3.5,1.4,0.2],[6.7,3.0,5.2,2.3]]}"#;
+    let resp = real_node::post_until_answered(&url, two, 40).await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), r#"{"prediction":[0,2]}"#);
+
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let three = r#"{"features":[[5.1,3.5,1.4,0.2],[5.1,3.5,1.4,0.2],[5.1,3.5,1.4,0.2]]}"#;
+    let resp = http.post(&url).body(three).send().await.unwrap();
+    assert_eq!(resp.status(), 400, "spec.server.limits.maxRows=2 refuses 3 rows");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().is_some_and(|e| e.contains('2')), "names the limit: {body}");
+    let big = format!(r#"{{"features":[5.1,3.5,1.4,0.2],"pad":"{}"}}"#, "x".repeat(2048));
+    let resp = http.post(&url).body(big).send().await.unwrap();
+    assert_eq!(resp.status(), 413, "spec.server.limits.maxBodyBytes=1024 refuses a 2 KiB body");
+}
