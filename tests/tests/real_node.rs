@@ -202,10 +202,16 @@ async fn per_model_limits_from_the_spec_reach_the_real_server() {
         r#"{"spec":{"server":{"limits":{"maxBodyBytes":1024,"maxRows":2}}}}"#,
     );
     wait_ready(&models, "iris", None, T).await;
-    // Ready for the new generation means the old pod is gone: only the limited server answers.
-    real_node::wait_kube_proxy_synced().await;
-    let ip = real_node::cluster_ip(&ns.name, "iris").unwrap();
-    let url = format!("http://{ip}/predict");
+    // The old pod drains (still serving, not ready) before it exits: wait until it is gone, then
+    // talk to the new pod itself, so the answer is the limited server's.
+    let pod_ip = wait_for("only the new pod left", T, || async {
+        let pods = model_pods(&c, &ns.name, "iris").await;
+        let [pod] = pods.as_slice() else { return None };
+        pod.status.as_ref()?.pod_ip.clone()
+    })
+    .await;
+    real_node::route_is_local(pod_ip.parse().unwrap()).unwrap();
+    let url = format!("http://{pod_ip}:8080/predict");
     let two = r#"{"features":[[5.1,3.5,1.4,0.2],[6.7,3.0,5.2,2.3]]}"#;
     let resp = real_node::post_until_answered(&url, two, 40).await.unwrap();
     assert_eq!(resp.text().await.unwrap(), r#"{"prediction":[0,2]}"#);
