@@ -12,6 +12,7 @@ pub mod http;
 pub mod load;
 pub mod metrics;
 pub mod model;
+pub mod sklearn;
 pub mod train;
 mod v2;
 
