@@ -9,30 +9,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[path = "sklearn/common.rs"]
+mod common;
+use common::{here, venvs};
+
 use modelship_server::sklearn::{Limits, Prediction, SklearnModel};
 use ndarray::Array2;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const TOLERANCE: f64 = 1e-9;
-
-fn here() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sklearn")
-}
-
-/// The venvs, as (scikit-learn version, python); fails with how to create them when missing.
-fn venvs() -> Vec<(String, PathBuf)> {
-    let out = Command::new(here().join("venv")).arg("--check").output().expect("run tests/sklearn/venv");
-    assert!(
-        out.status.success(),
-        "scikit-learn venvs missing: {}(run server/tests/sklearn/venv once; it caches them under ~/.cache/modelship)",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('=').map(|(v, p)| (v.to_string(), PathBuf::from(p))))
-        .collect()
-}
 
 /// Runs the generator for one venv, or reuses its earlier output.
 fn generate(version: &str, python: &Path) -> PathBuf {

@@ -144,16 +144,17 @@ pub(super) fn read_wrapped_array(m: &mut Machine<'_>, state: NodeId, at: usize) 
             _ => Err(m.invalid(at, "the inner pickle of an object array is not that array")),
         };
     }
-    if aligned {
-        let pad = m.take(1, "alignment padding")?[0];
-        m.take(u64::from(pad), "alignment padding")?;
-    }
     let n = element_count(&shape).map_err(|e| m.invalid(at, e))?;
     let need =
         n.checked_mul(dtype.itemsize).ok_or_else(|| m.invalid(at, format!("array shape {shape:?} overflows")))?;
     let max = m.limits.max_array_bytes;
     if need > max {
         return Err(m.invalid(at, format!("array of {need} bytes exceeds the limit of {max} bytes")));
+    }
+    // The declared size is checked above, before reading anything.
+    if aligned {
+        let pad = m.take(1, "alignment padding")?[0];
+        m.take(u64::from(pad), "alignment padding")?;
     }
     let raw = m.take(need as u64, "array data")?;
     Array::from_raw(dtype, shape, raw, fortran, max).map(Node::Array).map_err(|e| m.invalid(at, e))

@@ -31,6 +31,8 @@ pub enum SklearnError {
     Container(#[from] joblib::ContainerError),
     #[error("not a pickle or joblib file (unrecognised signature)")]
     UnknownFormat,
+    #[error("pickle protocols 0 and 1 are not supported: save with protocol 2 or newer")]
+    OldProtocol,
     #[error("unsupported estimator {class}; supported: {supported}")]
     Unsupported { class: String, supported: String },
     #[error("not a scikit-learn model: the file holds a {0}")]
@@ -76,7 +78,12 @@ pub struct SklearnModel {
 impl SklearnModel {
     /// Reads a model from the bytes of a pickle or joblib file.
     pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<Self, SklearnError> {
-        let encoding = Encoding::detect(bytes).ok_or(SklearnError::UnknownFormat)?;
+        let encoding = match Encoding::detect(bytes) {
+            Some(e) => e,
+            // Protocol 0/1 pickles have no PROTO opcode; they start with a GLOBAL or a MARK.
+            None if matches!(bytes.first(), Some(b'c' | b'(' | b']' | b'}')) => return Err(SklearnError::OldProtocol),
+            None => return Err(SklearnError::UnknownFormat),
+        };
         let expanded;
         let raw = if encoding == Encoding::Pickle {
             bytes
