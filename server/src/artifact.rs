@@ -66,6 +66,9 @@ pub enum Estimator {
     LogisticRegression(MultiFittedLogisticRegression<f64, usize>),
     DecisionTree(DecisionTree<f64, usize>),
     LinearRegression(FittedLinearRegression<f64>),
+    /// A scikit-learn model read from a pickle or joblib file (never written as JSON).
+    #[serde(skip)]
+    Sklearn(Box<crate::sklearn::SklearnModel>),
 }
 
 impl Estimator {
@@ -75,11 +78,23 @@ impl Estimator {
             Self::LogisticRegression(_) => "logistic_regression",
             Self::DecisionTree(_) => "decision_tree",
             Self::LinearRegression(_) => "linear_regression",
+            Self::Sklearn(_) => "sklearn",
         }
     }
 
     pub fn is_classifier(&self) -> bool {
-        !matches!(self, Self::LinearRegression(_))
+        match self {
+            Self::Sklearn(m) => m.is_classifier(),
+            other => !matches!(other, Self::LinearRegression(_)),
+        }
+    }
+
+    /// Whether the model gives class probabilities.
+    pub fn has_proba(&self) -> bool {
+        match self {
+            Self::Sklearn(m) => m.has_proba(),
+            other => matches!(other, Self::LogisticRegression(_)),
+        }
     }
 }
 
@@ -167,6 +182,11 @@ impl Artifact {
             Estimator::LinearRegression(m) => {
                 if m.params().len() != n {
                     return bad(format!("model has {} inputs, metadata names {n}", m.params().len()));
+                }
+            }
+            Estimator::Sklearn(m) => {
+                if m.n_features() != n || m.classes().len() != self.class_names.len() {
+                    return bad("the scikit-learn model does not match its metadata".into());
                 }
             }
         }

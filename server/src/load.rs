@@ -19,6 +19,8 @@ pub enum LoadError {
     BadChecksumArg(String),
     #[error("{0}")]
     Artifact(#[from] ArtifactError),
+    #[error(transparent)]
+    ModelFile(#[from] crate::sklearn::format::ModelFileError),
 }
 
 /// Largest artifact a download may return.
@@ -79,5 +81,5 @@ pub fn verify(bytes: &[u8], expected: Option<&str>) -> Result<(), LoadError> {
 pub async fn load(source: &str, sha256: Option<&str>) -> Result<Artifact, LoadError> {
     let bytes = fetch(source).await?;
     verify(&bytes, sha256)?;
-    Ok(Artifact::from_slice(&bytes)?)
+    Ok(crate::sklearn::format::read_artifact(&bytes)?)
 }

@@ -54,7 +54,9 @@ pub enum InputError {
 impl Model {
     pub fn new(artifact: Artifact, name: Option<String>, version: Option<String>) -> Self {
         let name = name.unwrap_or_else(|| artifact.name.clone());
-        let version = version.unwrap_or_else(|| artifact.training.trained_at.clone());
+        // A scikit-learn file has no training time to fall back to.
+        let trained_at = Some(artifact.training.trained_at.clone()).filter(|t| !t.is_empty());
+        let version = version.or(trained_at).unwrap_or_else(|| "unversioned".into());
         Self { artifact, name, version }
     }
 
@@ -117,6 +119,12 @@ impl Model {
                 let y: Array1<f64> = m.predict(&rows);
                 Predictions::Values(y.to_vec())
             }
+            // The width was checked by `check`, the only way predict can fail.
+            Estimator::Sklearn(m) => match m.predict(rows) {
+                Ok(crate::sklearn::Prediction::Classes(c)) => Predictions::Classes(c),
+                Ok(crate::sklearn::Prediction::Values(v)) => Predictions::Values(v),
+                Err(_) => Predictions::Values(Vec::new()),
+            },
         }
     }
 
@@ -132,6 +140,7 @@ impl Model {
                 }
                 Ok(out)
             }
+            Estimator::Sklearn(m) => m.predict_proba(rows).map_err(|_| InputError::NoProbabilities(m.class())),
             other => Err(InputError::NoProbabilities(other.algorithm())),
         }
     }

@@ -59,7 +59,7 @@ fn predict_datatype(model: &Model) -> &'static str {
 
 fn metadata(model: &Model) -> Value {
     let mut outputs = vec![json!({"name": PREDICT, "datatype": predict_datatype(model), "shape": [-1]})];
-    if matches!(model.artifact.estimator, crate::artifact::Estimator::LogisticRegression(_)) {
+    if model.artifact.estimator.has_proba() {
         outputs.push(json!({"name": PREDICT_PROBA, "datatype": "FP64", "shape": [-1, model.class_names().len()]}));
     }
     json!({

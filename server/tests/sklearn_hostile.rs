@@ -142,3 +142,25 @@ proptest! {
         let _ = load(&bytes);
     }
 }
+
+/// `inspect` and `serve` of payload files exit non-zero with the reason on one line, running nothing.
+#[test]
+fn the_binary_refuses_payloads_in_one_line() {
+    for file in ["os_system_p5.pkl", "payload-zlib.joblib", "tree_child_out_of_range.pkl"] {
+        let path = files().dir.join(file);
+        let inspect = Command::new(env!("CARGO_BIN_EXE_modelship-server")).arg("inspect").arg(&path).output();
+        let serve = Command::new(env!("CARGO_BIN_EXE_modelship-server"))
+            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--model"])
+            .arg(&path)
+            .output();
+        for out in [inspect, serve] {
+            let out = out.expect("run modelship-server");
+            assert!(!out.status.success(), "{file} was accepted");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let last = stderr.lines().last().unwrap_or_default();
+            assert!(last.starts_with("modelship-server: "), "{file}: {stderr}");
+            assert!(last.contains("refusing global posix.system") || last.contains("invalid Tree"), "{file}: {last}");
+        }
+    }
+    assert!(!files().marker.exists(), "a payload ran");
+}

@@ -20,6 +20,16 @@ use sha2::{Digest, Sha256};
 
 const TOLERANCE: f64 = 1e-9;
 
+/// The generated files of every venv, as (scikit-learn version, directory), made once per process.
+fn generated() -> &'static [(String, PathBuf)] {
+    static DIRS: std::sync::OnceLock<Vec<(String, PathBuf)>> = std::sync::OnceLock::new();
+    DIRS.get_or_init(|| venvs().into_iter().map(|(v, python)| (v.clone(), generate(&v, &python))).collect())
+}
+
+fn manifest(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest")).expect("manifest JSON")
+}
+
 /// Runs the generator for one venv, or reuses its earlier output.
 fn generate(version: &str, python: &Path) -> PathBuf {
     let mut h = Sha256::new();
@@ -114,10 +124,8 @@ fn check_file(path: &Path, m: &Value) -> Result<(), String> {
 fn predictions_match_scikit_learn_for_every_estimator_and_file_format() {
     let mut failures = Vec::new();
     let mut checked = 0;
-    for (version, python) in venvs() {
-        let dir = generate(&version, &python);
-        let manifest: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest"))
-            .expect("manifest JSON");
+    for (version, dir) in generated() {
+        let manifest = manifest(dir);
         let models = manifest["models"].as_array().expect("models");
         assert!(models.len() >= 25, "scikit-learn {version}: only {} models generated", models.len());
         for m in models {
@@ -132,4 +140,54 @@ fn predictions_match_scikit_learn_for_every_estimator_and_file_format() {
     }
     assert!(failures.is_empty(), "{} of {checked} files differ:\n{}", failures.len(), failures.join("\n"));
     eprintln!("{checked} files match scikit-learn");
+}
+
+/// The real binary serves a compressed joblib file over HTTP and answers as scikit-learn does.
+#[tokio::test]
+async fn serve_answers_predict_like_scikit_learn() {
+    let (version, dir) = &generated()[0];
+    let manifest = manifest(dir);
+    let m = manifest["models"].as_array().expect("models").iter().find(|m| m["name"] == "logistic_strings_named");
+    let m = m.expect("logistic_strings_named generated");
+    let file = dir.join(m["files"]["joblib-zlib3.joblib"].as_str().expect("file"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_modelship-server"))
+        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string(), "--model"])
+        .arg(&file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start modelship-server");
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !client.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(std::time::Instant::now() < deadline, "server never became ready");
+        assert!(child.try_wait().expect("child status").is_none(), "server exited");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let rows: Vec<Value> = m["x"].as_array().expect("rows")[..50].to_vec();
+    let body = serde_json::json!({ "features": rows });
+    let resp = client.post(format!("{base}/predict?proba=true&labels=true")).json(&body).send().await.expect("predict");
+    assert_eq!(resp.status(), 200);
+    let got: Value = resp.json().await.expect("JSON");
+    assert_eq!(
+        got["labels"].as_array().expect("labels")[..],
+        m["predict"].as_array().expect("predict")[..50],
+        "{version}"
+    );
+    let want = m["proba"].as_array().expect("proba")[..50].iter().flat_map(|r| r.as_array().into_iter().flatten());
+    let have =
+        got["probabilities"].as_array().expect("probabilities").iter().flat_map(|r| r.as_array().into_iter().flatten());
+    let d = max_diff(have.map(|v| v.as_f64().unwrap_or(f64::NAN)), want.map(|v| v.as_f64().unwrap_or(f64::NAN)));
+    assert!(d <= TOLERANCE, "probabilities differ by {d:e}");
+    let meta: Value = client
+        .get(format!("{base}/v2/models/logisticregression"))
+        .send()
+        .await
+        .expect("meta")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(meta["outputs"][1]["name"], "predict_proba", "{meta}");
+    let _ = child.kill().await;
 }

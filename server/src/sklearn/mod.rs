@@ -7,6 +7,7 @@
 //! become a [`SklearnModel`] whose predictions follow scikit-learn's arithmetic.
 
 pub mod estimator;
+pub mod format;
 pub mod globals;
 pub mod joblib;
 pub mod linear;
@@ -25,9 +26,9 @@ pub use object::Label;
 /// Why a scikit-learn model file cannot be served; each message fits on one line.
 #[derive(Debug, thiserror::Error)]
 pub enum SklearnError {
-    #[error("{0}")]
+    #[error(transparent)]
     Pickle(#[from] pickle::PickleError),
-    #[error("{0}")]
+    #[error(transparent)]
     Container(#[from] joblib::ContainerError),
     #[error("not a pickle or joblib file (unrecognised signature)")]
     UnknownFormat,
