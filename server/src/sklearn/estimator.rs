@@ -4,6 +4,7 @@
 use ndarray::{Array2, ArrayView2};
 
 use super::SklearnError;
+use super::boosting::Boosting;
 use super::globals;
 use super::linear::{LinearClassifier, LinearRegressor, Proba};
 use super::object::{Label, Obj};
@@ -21,6 +22,8 @@ pub enum Predictor {
     LinearClassifier(LinearClassifier),
     TreeRegressor(Trees),
     TreeClassifier(Trees),
+    BoostingRegressor(Boosting),
+    BoostingClassifier(Boosting),
 }
 
 /// A fitted model: transformers, then a predictor.
@@ -85,8 +88,8 @@ impl Fitted {
     pub fn has_proba(&self) -> bool {
         match &self.predictor {
             Predictor::LinearClassifier(c) => c.proba != Proba::Unavailable,
-            Predictor::TreeClassifier(_) => true,
-            Predictor::Linear(_) | Predictor::TreeRegressor(_) => false,
+            Predictor::TreeClassifier(_) | Predictor::BoostingClassifier(_) => true,
+            Predictor::Linear(_) | Predictor::TreeRegressor(_) | Predictor::BoostingRegressor(_) => false,
         }
     }
 }
@@ -153,6 +156,16 @@ fn predictor(o: &Obj<'_>, n: usize) -> Result<(Predictor, Vec<Label>), SklearnEr
         "RandomForestRegressor" | "ExtraTreesRegressor" => {
             (Predictor::TreeRegressor(Trees::forest(o, n, 1)?), Vec::new())
         }
+        "GradientBoostingClassifier" => {
+            let c = classes()?;
+            (Predictor::BoostingClassifier(Boosting::gradient(o, n, c.len())?), c)
+        }
+        "GradientBoostingRegressor" => (Predictor::BoostingRegressor(Boosting::gradient(o, n, 0)?), Vec::new()),
+        "HistGradientBoostingClassifier" => {
+            let c = classes()?;
+            (Predictor::BoostingClassifier(Boosting::hist(o, n, c.len())?), c)
+        }
+        "HistGradientBoostingRegressor" => (Predictor::BoostingRegressor(Boosting::hist(o, n, 0)?), Vec::new()),
         other => return Err(o.err(format!("{other} cannot be the last step: it does not predict"))),
     })
 }

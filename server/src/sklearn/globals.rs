@@ -45,6 +45,10 @@ pub const ESTIMATORS: &[(&str, &str)] = &[
     ("sklearn.ensemble._forest", "RandomForestRegressor"),
     ("sklearn.ensemble._forest", "ExtraTreesClassifier"),
     ("sklearn.ensemble._forest", "ExtraTreesRegressor"),
+    ("sklearn.ensemble._gb", "GradientBoostingClassifier"),
+    ("sklearn.ensemble._gb", "GradientBoostingRegressor"),
+    ("sklearn.ensemble._hist_gradient_boosting.gradient_boosting", "HistGradientBoostingClassifier"),
+    ("sklearn.ensemble._hist_gradient_boosting.gradient_boosting", "HistGradientBoostingRegressor"),
     ("sklearn.preprocessing._data", "StandardScaler"),
     ("sklearn.preprocessing._data", "MinMaxScaler"),
     ("sklearn.preprocessing._data", "MaxAbsScaler"),
@@ -69,10 +73,57 @@ const PARTS: &[(&str, &str)] = &[
     ("sklearn.linear_model._sgd_fast", "Huber"),
     ("sklearn.linear_model._sgd_fast", "EpsilonInsensitive"),
     ("sklearn.linear_model._sgd_fast", "SquaredEpsilonInsensitive"),
-    ("sklearn._loss._loss", "CyHalfBinomialLoss"),
-    ("sklearn._loss._loss", "CyHalfSquaredError"),
-    ("sklearn._loss._loss", "CyHuberLoss"),
+    // Boosting: the init estimator, HistGradientBoosting's trees and binning, the label encoder.
+    ("sklearn.dummy", "DummyClassifier"),
+    ("sklearn.dummy", "DummyRegressor"),
+    ("sklearn.ensemble._hist_gradient_boosting.predictor", "TreePredictor"),
+    ("sklearn.ensemble._hist_gradient_boosting.binning", "_BinMapper"),
+    ("sklearn.preprocessing._label", "LabelEncoder"),
+    // The loss objects and their links (the link decides how raw predictions become outputs).
+    ("sklearn._loss.link", "IdentityLink"),
+    ("sklearn._loss.link", "LogLink"),
+    ("sklearn._loss.link", "LogitLink"),
+    ("sklearn._loss.link", "HalfLogitLink"),
+    ("sklearn._loss.link", "MultinomialLogit"),
+    ("sklearn._loss.link", "Interval"),
+    // Random generators estimators keep (`_rng`, `_feature_subsample_rng`): kept as inert data.
+    ("numpy.random._pickle", "__randomstate_ctor"),
+    ("numpy.random._pickle", "__generator_ctor"),
+    ("numpy.random._pickle", "__bit_generator_ctor"),
+    ("numpy.random._mt19937", "MT19937"),
+    ("numpy.random._pcg64", "PCG64"),
+    ("numpy.random.bit_generator", "SeedSequence"),
+    ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
 ];
+
+/// Loss classes, in `sklearn._loss.loss` and (Cython) `sklearn._loss._loss`, kept as inert data.
+const LOSSES: &[&str] = &[
+    "HalfBinomialLoss",
+    "HalfMultinomialLoss",
+    "HalfSquaredError",
+    "AbsoluteError",
+    "PinballLoss",
+    "HuberLoss",
+    "HalfPoissonLoss",
+    "HalfGammaLoss",
+    "HalfTweedieLoss",
+    "HalfTweedieLossIdentity",
+    "ExponentialLoss",
+];
+
+/// A loss class: `sklearn._loss.loss.X`, or its Cython twin `CyX` (module `sklearn._loss._loss`, or
+/// `_loss` in scikit-learn 1.5) and the `__pyx_unpickle_CyX` function Cython pickles it with.
+fn loss_class(module: &str, name: &str) -> Option<&'static str> {
+    let cython = name.strip_prefix("__pyx_unpickle_").unwrap_or(name);
+    let found = match module {
+        "sklearn._loss.loss" => LOSSES.iter().find(|l| **l == name),
+        "sklearn._loss._loss" | "_loss" => {
+            LOSSES.iter().find(|l| cython.strip_prefix("Cy").is_some_and(|rest| rest == **l))
+        }
+        _ => None,
+    }?;
+    Some(found)
+}
 
 /// Looks `module.name` up in the allowlist.
 pub fn lookup(module: &str, name: &str) -> Option<Global> {
@@ -88,13 +139,13 @@ pub fn lookup(module: &str, name: &str) -> Option<Global> {
         ("_codecs", "encode") => Global::CodecsEncode,
         ("copyreg" | "copy_reg", "_reconstructor") => Global::CopyregReconstructor,
         ("builtins" | "__builtin__", "object") => Global::Object,
-        ("builtins" | "__builtin__", "bytearray") => Global::ByteArray,
+        ("builtins" | "__builtin__", "bytearray" | "bytes") => Global::ByteArray,
         ("builtins" | "__builtin__", "set" | "frozenset") => Global::Set,
         ("joblib.numpy_pickle", "NumpyArrayWrapper") => Global::NumpyArrayWrapper,
-        _ => {
-            let (_, n) = ESTIMATORS.iter().chain(PARTS).find(|(m, n)| *m == module && *n == name)?;
-            Global::Class(n)
-        }
+        _ => match ESTIMATORS.iter().chain(PARTS).find(|(m, n)| *m == module && *n == name) {
+            Some((_, n)) => Global::Class(n),
+            None => Global::Class(loss_class(module, name)?),
+        },
     };
     Some(g)
 }

@@ -165,7 +165,7 @@ fn expit(z: f64) -> f64 {
 }
 
 /// scikit-learn's `softmax`: subtract the row maximum, exponentiate, normalise.
-fn softmax(z: &[f64], out: &mut [f64]) {
+pub(super) fn softmax(z: &[f64], out: &mut [f64]) {
     let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     for (o, v) in out.iter_mut().zip(z) {
         *o = (v - max).exp();

@@ -6,6 +6,7 @@
 //! numpy arrays are rebuilt from their bytes ([`numpy`]), and the estimator's fitted attributes
 //! become a [`SklearnModel`] whose predictions follow scikit-learn's arithmetic.
 
+pub mod boosting;
 pub mod estimator;
 pub mod format;
 pub mod globals;
@@ -140,6 +141,8 @@ impl SklearnModel {
             estimator::Predictor::TreeRegressor(t) => Prediction::Values(t.predict_values(x)),
             estimator::Predictor::LinearClassifier(m) => Prediction::Classes(m.predict(x)),
             estimator::Predictor::TreeClassifier(t) => Prediction::Classes(t.predict_classes(x)),
+            estimator::Predictor::BoostingRegressor(b) => Prediction::Values(b.predict_values(x)),
+            estimator::Predictor::BoostingClassifier(b) => Prediction::Classes(b.predict_classes(x)),
         })
     }
 
@@ -150,6 +153,7 @@ impl SklearnModel {
         match &self.fitted.predictor {
             estimator::Predictor::LinearClassifier(m) => m.predict_proba(x.view()).ok_or_else(none),
             estimator::Predictor::TreeClassifier(t) => Ok(t.predict_proba(x.view())),
+            estimator::Predictor::BoostingClassifier(b) => Ok(b.predict_proba(x.view())),
             _ => Err(none()),
         }
     }
@@ -159,6 +163,9 @@ impl SklearnModel {
         let trees = match &self.fitted.predictor {
             estimator::Predictor::TreeClassifier(t) | estimator::Predictor::TreeRegressor(t) => {
                 serde_json::json!({"trees": t.n_trees(), "nodes": t.n_nodes()})
+            }
+            estimator::Predictor::BoostingClassifier(b) | estimator::Predictor::BoostingRegressor(b) => {
+                serde_json::json!({"trees": b.n_trees()})
             }
             _ => serde_json::Value::Null,
         };

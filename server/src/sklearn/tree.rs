@@ -84,7 +84,7 @@ impl Tree {
     }
 
     /// The leaf `row` falls into. scikit-learn compares features as float32.
-    fn leaf_values(&self, row: ArrayView1<'_, f64>) -> &[f64] {
+    pub(super) fn leaf_values(&self, row: ArrayView1<'_, f64>) -> &[f64] {
         let mut i = 0;
         // Children always have larger indices (checked at load), so this ends within nodes.len() steps.
         while let Some(n) = self.nodes.get(i).filter(|n| !n.leaf) {

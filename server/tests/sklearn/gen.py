@@ -16,7 +16,16 @@ import cloudpickle
 import joblib
 import numpy as np
 import sklearn
-from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor, RandomForestClassifier, RandomForestRegressor
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    ExtraTreesRegressor,
+    GradientBoostingClassifier,
+    GradientBoostingRegressor,
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import (
     ElasticNet,
@@ -43,6 +52,7 @@ y_3 = np.digitize(score + rng.randn(len(X)) * 0.5, [-1.0, 1.0])
 y_str = np.array(["setosa", "versicolor", "virginica"])[y_3]
 y_odd = np.array([-1, 5, 10])[y_3]
 y_reg = X @ [1.5, -2.0, 0.7, 0.1, 3.0, 0.05] + np.sin(X[:, 0]) * 2 + rng.randn(len(X)) * 0.3
+y_count = np.exp(y_reg / 10)
 
 # 10% missing cells, for the estimators that accept NaN; column 5 has no value at all in one set.
 X_nan = X.copy()
@@ -111,6 +121,15 @@ SPECS = [
         y_str,
         None,
     ),
+    ("gradient_boosting_binary", GradientBoostingClassifier(n_estimators=30, random_state=0), X, y_bin, None),
+    ("gradient_boosting_multiclass", GradientBoostingClassifier(n_estimators=20, random_state=0), X, y_str, None),
+    ("gradient_boosting_zero_init", GradientBoostingClassifier(n_estimators=20, init="zero", random_state=0), X, y_bin, None),
+    ("gradient_boosting_regressor", GradientBoostingRegressor(n_estimators=30, random_state=0), X, y_reg, None),
+    ("gradient_boosting_huber", GradientBoostingRegressor(loss="huber", n_estimators=20, random_state=0), X, y_reg, None),
+    ("hist_gradient_boosting_binary", HistGradientBoostingClassifier(max_iter=30, random_state=0), X_nan, y_bin, None),
+    ("hist_gradient_boosting_multiclass", HistGradientBoostingClassifier(max_iter=20, random_state=0), X_nan, y_odd, None),
+    ("hist_gradient_boosting_regressor", HistGradientBoostingRegressor(max_iter=30, random_state=0), X_nan, y_reg, None),
+    ("hist_gradient_boosting_poisson", HistGradientBoostingRegressor(loss="poisson", max_iter=20, random_state=0), X_nan, y_count, None),
     ("logistic_liblinear_multiclass", LogisticRegression(solver="liblinear"), X, y_3, (1, 7)),
 ]
 if VERSION < (1, 7):
