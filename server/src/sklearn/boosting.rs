@@ -8,7 +8,7 @@ use super::SklearnError;
 use super::linear::argmax;
 use super::object::Obj;
 use super::pickle::Node;
-use super::tree::Tree;
+use super::tree::{Split, Tree, split};
 
 /// How raw predictions map to probabilities or values (`_loss.link`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -193,16 +193,11 @@ fn gradient_init(o: &Obj<'_>, link: Link, columns: usize) -> Result<Vec<f64>, Sk
     }
 }
 
-/// A HistGradientBoosting TreePredictor node.
+/// A HistGradientBoosting TreePredictor node: a leaf value, or a split.
 #[derive(Debug, Clone)]
-struct HistNode {
-    leaf: bool,
-    value: f64,
-    feature: usize,
-    threshold: f64,
-    missing_left: bool,
-    left: usize,
-    right: usize,
+enum HistNode {
+    Leaf(f64),
+    Split(Split),
 }
 
 /// A HistGradientBoosting tree: numeric splits, NaN sent where training saw it go.
@@ -227,42 +222,15 @@ impl HistTree {
         }
         let mut nodes = Vec::with_capacity(n);
         for j in 0..n {
-            let is_leaf = leaf[j] != 0;
-            let child = |c: i64| usize::try_from(c).ok().filter(|&c| c > j && c < n);
-            let node = if is_leaf {
-                HistNode {
-                    leaf: true,
-                    value: value[j],
-                    feature: 0,
-                    threshold: 0.0,
-                    missing_left: false,
-                    left: 0,
-                    right: 0,
-                }
+            let node = if leaf[j] != 0 {
+                HistNode::Leaf(value[j])
             } else {
                 if categorical[j] != 0 {
                     return Err(p.err("categorical splits are not supported"));
                 }
-                let (Some(l), Some(r)) = (child(left[j]), child(right[j])) else {
-                    return Err(p.err(format!(
-                        "node {j} has child indices {} and {}, outside {}..{n}",
-                        left[j],
-                        right[j],
-                        j + 1
-                    )));
-                };
-                let feature = usize::try_from(feature[j]).ok().filter(|&x| x < n_features).ok_or_else(|| {
-                    p.err(format!("node {j} splits on feature {}, the model has {n_features} features", feature[j]))
-                })?;
-                HistNode {
-                    leaf: false,
-                    value: value[j],
-                    feature,
-                    threshold: threshold[j],
-                    missing_left: missing[j] != 0,
-                    left: l,
-                    right: r,
-                }
+                let (left, right, feature) =
+                    split(j, n, (left[j], right[j]), feature[j], n_features).map_err(|e| p.err(e))?;
+                HistNode::Split(Split { feature, threshold: threshold[j], missing_left: missing[j] != 0, left, right })
             };
             nodes.push(node);
         }
@@ -272,19 +240,12 @@ impl HistTree {
     fn value(&self, row: ArrayView1<'_, f64>) -> f64 {
         let mut i = 0;
         // Children have larger indices (checked at load): at most nodes.len() steps.
-        while let Some(n) = self.nodes.get(i) {
-            if n.leaf {
-                return n.value;
+        loop {
+            match self.nodes.get(i) {
+                Some(HistNode::Split(s)) => i = s.next(row.get(s.feature).copied().unwrap_or(f64::NAN)),
+                Some(HistNode::Leaf(v)) => return *v,
+                None => return 0.0,
             }
-            let x = row.get(n.feature).copied().unwrap_or(f64::NAN);
-            i = if x.is_nan() {
-                if n.missing_left { n.left } else { n.right }
-            } else if x <= n.threshold {
-                n.left
-            } else {
-                n.right
-            };
         }
-        0.0
     }
 }

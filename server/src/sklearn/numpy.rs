@@ -275,30 +275,15 @@ impl Array {
 
     /// One field of a record array, as f64 per record.
     pub fn field_f64(&self, name: &str) -> Result<Vec<f64>, String> {
-        let (field, raw) = self.record_field(name)?;
-        raw.chunks_exact(self.dtype.itemsize)
-            .map(|rec| {
-                rec.get(field.offset..)
-                    .and_then(|b| field.dtype.read_f64(b))
-                    .ok_or_else(|| format!("field {name:?} is not numeric"))
-            })
-            .collect()
+        self.field(name, "numeric", |d, b| d.read_f64(b))
     }
 
     /// One integer field of a record array, as i64 per record.
     pub fn field_i64(&self, name: &str) -> Result<Vec<i64>, String> {
-        let (field, raw) = self.record_field(name)?;
-        raw.chunks_exact(self.dtype.itemsize)
-            .map(|rec| {
-                rec.get(field.offset..)
-                    .and_then(|b| field.dtype.read_i128(b))
-                    .and_then(|v| i64::try_from(v).ok())
-                    .ok_or_else(|| format!("field {name:?} is not an integer"))
-            })
-            .collect()
+        self.field(name, "an integer", |d, b| d.read_i128(b).and_then(|v| i64::try_from(v).ok()))
     }
 
-    fn record_field(&self, name: &str) -> Result<(&Field, &[u8]), String> {
+    fn field<T>(&self, name: &str, what: &str, read: impl Fn(&Dtype, &[u8]) -> Option<T>) -> Result<Vec<T>, String> {
         let Data::Raw(raw) = &self.data else {
             return Err("expected a record array".into());
         };
@@ -306,7 +291,13 @@ impl Array {
             return Err("expected a record array".into());
         }
         let field = self.dtype.field(name).ok_or_else(|| format!("record has no field {name:?}"))?;
-        Ok((field, raw))
+        raw.chunks_exact(self.dtype.itemsize)
+            .map(|rec| {
+                rec.get(field.offset..)
+                    .and_then(|b| read(&field.dtype, b))
+                    .ok_or_else(|| format!("field {name:?} is not {what}"))
+            })
+            .collect()
     }
 }
 

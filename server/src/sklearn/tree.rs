@@ -8,16 +8,50 @@ use super::linear::argmax;
 use super::object::{Obj, numbers};
 use super::pickle::Node;
 
-/// One node; `leaf` nodes carry a value row, the others a split.
+/// A split: `x <= threshold` goes left, NaN goes where training sent missing values.
 #[derive(Debug, Clone)]
-struct TreeNode {
-    leaf: bool,
-    left: usize,
-    right: usize,
-    feature: usize,
-    threshold: f64,
-    missing_left: bool,
+pub(super) struct Split {
+    pub feature: usize,
+    pub threshold: f64,
+    pub missing_left: bool,
+    /// Child indices, both greater than the node's own (checked at load), so walks end.
+    pub left: usize,
+    pub right: usize,
 }
+
+impl Split {
+    pub fn next(&self, x: f64) -> usize {
+        if x.is_nan() {
+            if self.missing_left { self.left } else { self.right }
+        } else if x <= self.threshold {
+            self.left
+        } else {
+            self.right
+        }
+    }
+}
+
+/// Checks a node's children (`i < child < count`) and feature index, giving its split.
+pub(super) fn split(
+    i: usize,
+    count: usize,
+    (left, right): (i64, i64),
+    feature: i64,
+    n_features: usize,
+) -> Result<(usize, usize, usize), String> {
+    let child = |c: i64| usize::try_from(c).ok().filter(|&c| c > i && c < count);
+    let (Some(l), Some(r)) = (child(left), child(right)) else {
+        return Err(format!("node {i} has child indices {left} and {right}, outside {}..{count}", i + 1));
+    };
+    let f = usize::try_from(feature)
+        .ok()
+        .filter(|&f| f < n_features)
+        .ok_or_else(|| format!("node {i} splits on feature {feature}, the model has {n_features} features"))?;
+    Ok((l, r, f))
+}
+
+/// One node: a leaf (None) or a split.
+type TreeNode = Option<Split>;
 
 /// A fitted tree: nodes and, per node, `n_values` values (class weights, or one regression value).
 #[derive(Debug, Clone)]
@@ -61,22 +95,15 @@ impl Tree {
         }
         let mut out = Vec::with_capacity(count);
         for i in 0..count {
-            let (l, r, f) = (left[i], right[i], feature[i]);
-            let leaf = l == -1;
-            let child = |c: i64| usize::try_from(c).ok().filter(|&c| c > i && c < count);
-            let node = if leaf {
-                if r != -1 {
-                    return bad(format!("node {i} has a right child {r} but no left child"));
+            let node = if left[i] == -1 {
+                if right[i] != -1 {
+                    return bad(format!("node {i} has a right child {} but no left child", right[i]));
                 }
-                TreeNode { leaf, left: 0, right: 0, feature: 0, threshold: 0.0, missing_left: false }
+                None
             } else {
-                let (Some(left), Some(right)) = (child(l), child(r)) else {
-                    return bad(format!("node {i} has child indices {l} and {r}, outside {}..{count}", i + 1));
-                };
-                let feature = usize::try_from(f).ok().filter(|&f| f < n_features).ok_or_else(|| {
-                    t.err(format!("node {i} splits on feature {f}, the model has {n_features} features"))
-                })?;
-                TreeNode { leaf, left, right, feature, threshold: threshold[i], missing_left: missing[i] != 0 }
+                let (left, right, feature) =
+                    split(i, count, (left[i], right[i]), feature[i], n_features).map_err(|e| t.err(e))?;
+                Some(Split { feature, threshold: threshold[i], missing_left: missing[i] != 0, left, right })
             };
             out.push(node);
         }
@@ -86,16 +113,9 @@ impl Tree {
     /// The leaf `row` falls into. scikit-learn compares features as float32.
     pub(super) fn leaf_values(&self, row: ArrayView1<'_, f64>) -> &[f64] {
         let mut i = 0;
-        // Children always have larger indices (checked at load), so this ends within nodes.len() steps.
-        while let Some(n) = self.nodes.get(i).filter(|n| !n.leaf) {
-            let x = f64::from(row.get(n.feature).copied().unwrap_or(f64::NAN) as f32);
-            i = if x.is_nan() {
-                if n.missing_left { n.left } else { n.right }
-            } else if x <= n.threshold {
-                n.left
-            } else {
-                n.right
-            };
+        // Children have larger indices (checked at load): at most nodes.len() steps.
+        while let Some(Some(s)) = self.nodes.get(i) {
+            i = s.next(f64::from(row.get(s.feature).copied().unwrap_or(f64::NAN) as f32));
         }
         self.values.get(i * self.n_values..(i + 1) * self.n_values).unwrap_or_default()
     }
