@@ -95,6 +95,7 @@ fn broken_files_give_one_line_errors() {
         ("tree_child_cycle.pkl", "invalid Tree: node 1 has child indices"),
         ("tree_feature_out_of_range.pkl", "invalid Tree: node 0 splits on feature 77, the model has 4 features"),
         ("huge_shape.joblib", "exceeds the limit"),
+        ("shared_trees.pkl", "reads far more values than its file holds"),
     ];
     for (file, want) in cases {
         let err = refused(file);

@@ -212,6 +212,7 @@ impl HistTree {
             return Err(p.err("nodes must be an array"));
         };
         let n = a.len();
+        p.p.charge(n.saturating_mul(8)).map_err(|e| p.err(e))?;
         let f = |name: &str| a.field_f64(name).map_err(|e| p.err(format!("nodes: {e}")));
         let i = |name: &str| a.field_i64(name).map_err(|e| p.err(format!("nodes: {e}")));
         let (value, threshold) = (f("value")?, f("num_threshold")?);

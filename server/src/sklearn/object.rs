@@ -158,7 +158,7 @@ pub fn numbers(p: &Pickle, node: &Node) -> Result<(Vec<usize>, Vec<f64>), String
         Node::Int(i) => Ok((Vec::new(), vec![*i as f64])),
         Node::Bool(b) => Ok((Vec::new(), vec![f64::from(u8::from(*b))])),
         Node::Tuple(items) | Node::List(items) => Ok((vec![items.len()], number_items(p, items)?)),
-        Node::Array(a) => match &a.data {
+        Node::Array(a) => match p.charge(a.len()).map(|()| &a.data)? {
             Data::Raw(_) => Ok((a.shape.clone(), a.to_f64()?)),
             Data::Objects(items) => Ok((a.shape.clone(), number_items(p, items)?)),
         },
@@ -187,7 +187,7 @@ fn labels(p: &Pickle, node: &Node) -> Result<Vec<Label>, String> {
         other => Err(format!("unsupported label of type {}", other.type_name())),
     };
     match node {
-        Node::Array(a) => match &a.data {
+        Node::Array(a) => match p.charge(a.len()).map(|()| &a.data)? {
             Data::Objects(items) => items.iter().map(|&i| one(p.node(i))).collect(),
             Data::Raw(_) if a.dtype.kind == Kind::Record => Err("a record array is not a list of labels".into()),
             Data::Raw(_) => a

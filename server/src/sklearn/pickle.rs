@@ -71,12 +71,29 @@ impl Node {
 pub struct Pickle {
     pub nodes: Vec<Node>,
     pub root: NodeId,
+    /// How many more array values the estimators may read (see [`Pickle::charge`]).
+    budget: std::cell::Cell<usize>,
 }
+
+/// Array values an estimator may read beyond twice the file's length: a legitimate model reads
+/// each stored value about once, so only a file that shares one array among many estimators
+/// (through the memo) reaches the limit.
+const READ_ALLOWANCE: usize = 8 << 20;
 
 impl Pickle {
     /// The node `id` (an id the interpreter handed out always exists).
     pub fn node(&self, id: NodeId) -> &Node {
         self.nodes.get(id).unwrap_or(&Node::None)
+    }
+
+    /// Accounts for reading `values` array values; refuses once the budget is spent.
+    pub fn charge(&self, values: usize) -> Result<(), String> {
+        let left = self.budget.get();
+        if values > left {
+            return Err("the model reads far more values than its file holds (arrays shared by many estimators)".into());
+        }
+        self.budget.set(left - values);
+        Ok(())
     }
 }
 
@@ -114,7 +131,8 @@ pub enum PickleError {
 pub fn read(input: &[u8], limits: Limits) -> Result<Pickle, PickleError> {
     let mut m = Machine { input, pos: 0, nodes: Vec::new(), limits, nesting: 0 };
     let root = m.run()?;
-    Ok(Pickle { nodes: m.nodes, root })
+    let budget = std::cell::Cell::new(input.len().saturating_mul(2).saturating_add(READ_ALLOWANCE));
+    Ok(Pickle { nodes: m.nodes, root, budget })
 }
 
 /// The interpreter's state, shared with [`joblib`] (which reads array bytes after a BUILD).

@@ -81,6 +81,7 @@ impl Tree {
         if nodes.shape != [count] {
             return bad(format!("nodes has shape {:?}, node_count is {count}", nodes.shape));
         }
+        t.p.charge(count.saturating_mul(6)).map_err(|e| t.err(e))?;
         let field = |name: &str| nodes.field_i64(name).map_err(|e| t.err(format!("nodes: {e}")));
         let (left, right, feature) = (field("left_child")?, field("right_child")?, field("feature")?);
         let threshold = nodes.field_f64("threshold").map_err(|e| t.err(format!("nodes: {e}")))?;

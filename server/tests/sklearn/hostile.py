@@ -109,3 +109,10 @@ write("tree_feature_out_of_range.pkl", tree_with_nodes(lambda n: n["feature"].__
 huge = LogisticRegression().fit(X, y)
 huge.coef_ = NumpyArrayWrapper(np.ndarray, (10**12, 8), "C", np.dtype("f8"))
 write("huge_shape.joblib", pickle.dumps(huge, protocol=4))
+
+# One tree shared 200,000 times through the pickle memo: a small file that expands enormously.
+from sklearn.ensemble import RandomForestClassifier
+
+forest = RandomForestClassifier(n_estimators=2, max_depth=3, random_state=0).fit(X, y)
+forest.estimators_ = [forest.estimators_[0]] * 200_000
+write("shared_trees.pkl", pickle.dumps(forest, protocol=5))
