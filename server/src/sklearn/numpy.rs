@@ -126,7 +126,8 @@ impl Dtype {
             let at = if self.little_endian { i } else { self.itemsize - 1 - i };
             *buf.get_mut(at)? = byte;
         }
-        let negative = self.kind == Kind::Int && buf.get(self.itemsize - 1).is_some_and(|&x| x & 0x80 != 0);
+        let top = self.itemsize.checked_sub(1).and_then(|i| buf.get(i));
+        let negative = self.kind == Kind::Int && top.is_some_and(|&x| x & 0x80 != 0);
         if negative {
             for x in buf.iter_mut().skip(self.itemsize) {
                 *x = 0xff;

@@ -79,9 +79,10 @@ write("tree_p2.pkl", pickle.dumps(tree, protocol=2))
 buf = io.BytesIO()
 joblib.dump(tree, buf)
 write("tree.joblib", buf.getvalue())
-buf = io.BytesIO()
-joblib.dump(tree, buf, compress=3)
-write("tree-zlib.joblib", buf.getvalue())
+for name, compress in [("zlib", 3), ("gzip", ("gzip", 3)), ("xz", ("xz", 3)), ("lzma", ("lzma", 3))]:
+    buf = io.BytesIO()
+    joblib.dump(tree, buf, compress=compress)
+    write(f"tree-{name}.joblib", buf.getvalue())
 
 
 def tree_with_nodes(edit):
