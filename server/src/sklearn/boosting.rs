@@ -8,7 +8,7 @@ use super::SklearnError;
 use super::linear::argmax;
 use super::object::Obj;
 use super::pickle::Node;
-use super::tree::{Split, Tree, split};
+use super::tree::{Split, Tree, as_f32, split};
 
 /// How raw predictions map to probabilities or values (`_loss.link`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,13 +83,15 @@ impl Boosting {
     /// Raw predictions, one row per input row and `columns` columns.
     fn raw(&self, x: ArrayView2<'_, f64>) -> Array2<f64> {
         let mut out = Array2::zeros((x.nrows(), self.columns));
-        for (row, mut o) in x.outer_iter().zip(out.outer_iter_mut()) {
+        let x32 = as_f32(x);
+        let rows32 = x32.chunks_exact(x.ncols().max(1));
+        for ((row, row32), mut o) in x.outer_iter().zip(rows32).zip(out.outer_iter_mut()) {
             for (o, b) in o.iter_mut().zip(&self.init) {
                 *o = *b;
             }
             for stage in self.stages.chunks_exact(self.columns) {
                 for (o, tree) in o.iter_mut().zip(stage) {
-                    *o += self.scale * tree.value(row);
+                    *o += self.scale * tree.value(row, row32);
                 }
             }
         }
@@ -134,9 +136,10 @@ impl Boosting {
 }
 
 impl StageTree {
-    fn value(&self, row: ArrayView1<'_, f64>) -> f64 {
+    /// The tree's value for a row, given in float64 and float32 (GradientBoosting's precision).
+    fn value(&self, row: ArrayView1<'_, f64>, row32: &[f32]) -> f64 {
         match self {
-            Self::Exact(t) => t.leaf_values(row).first().copied().unwrap_or(0.0),
+            Self::Exact(t) => t.leaf_values(row32).first().copied().unwrap_or(0.0),
             Self::Hist(t) => t.value(row),
         }
     }
@@ -243,7 +246,7 @@ impl HistTree {
         // Children have larger indices (checked at load): at most nodes.len() steps.
         loop {
             match self.nodes.get(i) {
-                Some(HistNode::Split(s)) => i = s.next(row.get(s.feature).copied().unwrap_or(f64::NAN)),
+                Some(HistNode::Split(s)) => i = s.next(row.get(s.feature as usize).copied().unwrap_or(f64::NAN)),
                 Some(HistNode::Leaf(v)) => return *v,
                 None => return 0.0,
             }

@@ -1,34 +1,41 @@
 //! Decision trees and forests of them (RandomForest, ExtraTrees), read from `sklearn.tree._tree.Tree`
 //! state and checked at load so traversal can never index out of range or loop.
 
-use ndarray::{Array2, ArrayView1, ArrayView2};
+use ndarray::{Array2, ArrayView2};
 
 use super::SklearnError;
 use super::linear::argmax;
 use super::object::{Obj, numbers};
 use super::pickle::Node;
 
-/// A split: `x <= threshold` goes left, NaN goes where training sent missing values.
+/// A split: `x <= threshold` goes left, NaN goes where training sent missing values. 24 bytes,
+/// so a tree's nodes stay in cache.
 #[derive(Debug, Clone)]
 pub(super) struct Split {
-    pub feature: usize,
     pub threshold: f64,
-    pub missing_left: bool,
+    pub feature: u32,
     /// Child indices, both greater than the node's own (checked at load), so walks end.
-    pub left: usize,
-    pub right: usize,
+    pub left: u32,
+    pub right: u32,
+    pub missing_left: bool,
 }
 
 impl Split {
     pub fn next(&self, x: f64) -> usize {
-        if x.is_nan() {
+        let next = if x.is_nan() {
             if self.missing_left { self.left } else { self.right }
         } else if x <= self.threshold {
             self.left
         } else {
             self.right
-        }
+        };
+        next as usize
     }
+}
+
+/// Rows as float32, the precision scikit-learn's trees compare features in.
+pub(super) fn as_f32(x: ArrayView2<'_, f64>) -> Vec<f32> {
+    x.iter().map(|&v| v as f32).collect()
 }
 
 /// Checks a node's children (`i < child < count`) and feature index, giving its split.
@@ -38,14 +45,15 @@ pub(super) fn split(
     (left, right): (i64, i64),
     feature: i64,
     n_features: usize,
-) -> Result<(usize, usize, usize), String> {
-    let child = |c: i64| usize::try_from(c).ok().filter(|&c| c > i && c < count);
+) -> Result<(u32, u32, u32), String> {
+    let child = |c: i64| usize::try_from(c).ok().filter(|&c| c > i && c < count).and_then(|c| u32::try_from(c).ok());
     let (Some(l), Some(r)) = (child(left), child(right)) else {
         return Err(format!("node {i} has child indices {left} and {right}, outside {}..{count}", i + 1));
     };
     let f = usize::try_from(feature)
         .ok()
         .filter(|&f| f < n_features)
+        .and_then(|f| u32::try_from(f).ok())
         .ok_or_else(|| format!("node {i} splits on feature {feature}, the model has {n_features} features"))?;
     Ok((l, r, f))
 }
@@ -58,6 +66,8 @@ type TreeNode = Option<Split>;
 pub struct Tree {
     nodes: Vec<TreeNode>,
     values: Vec<f64>,
+    /// `values` divided by each node's sum (as predict_proba divides), computed once at load.
+    proba: Vec<f64>,
     n_values: usize,
 }
 
@@ -108,17 +118,35 @@ impl Tree {
             };
             out.push(node);
         }
-        Ok(Self { nodes: out, values, n_values })
+        let mut proba = values.clone();
+        for v in proba.chunks_exact_mut(n_values.max(1)) {
+            let s: f64 = v.iter().sum();
+            let s = if s == 0.0 { 1.0 } else { s };
+            v.iter_mut().for_each(|v| *v /= s);
+        }
+        Ok(Self { nodes: out, values, proba, n_values })
     }
 
-    /// The leaf `row` falls into. scikit-learn compares features as float32.
-    pub(super) fn leaf_values(&self, row: ArrayView1<'_, f64>) -> &[f64] {
+    /// The leaf `row` (see [`as_f32`]) falls into.
+    fn leaf(&self, row: &[f32]) -> usize {
         let mut i = 0;
         // Children have larger indices (checked at load): at most nodes.len() steps.
         while let Some(Some(s)) = self.nodes.get(i) {
-            i = s.next(f64::from(row.get(s.feature).copied().unwrap_or(f64::NAN) as f32));
+            i = s.next(row.get(s.feature as usize).map_or(f64::NAN, |&v| f64::from(v)));
         }
+        i
+    }
+
+    /// The leaf's values (class weights, or the regression value).
+    pub(super) fn leaf_values(&self, row: &[f32]) -> &[f64] {
+        let i = self.leaf(row);
         self.values.get(i * self.n_values..(i + 1) * self.n_values).unwrap_or_default()
+    }
+
+    /// The leaf's class probabilities.
+    fn leaf_proba(&self, row: &[f32]) -> &[f64] {
+        let i = self.leaf(row);
+        self.proba.get(i * self.n_values..(i + 1) * self.n_values).unwrap_or_default()
     }
 }
 
@@ -148,41 +176,45 @@ impl Trees {
         Ok(Self { trees, n_values, single: false })
     }
 
-    /// Regression: the mean of the trees' leaf values.
+    /// Regression: the mean of the trees' leaf values (summed tree by tree, as scikit-learn does).
     pub fn predict_values(&self, x: ArrayView2<'_, f64>) -> Vec<f64> {
-        let n = self.trees.len() as f64;
-        x.outer_iter()
-            .map(|row| {
-                let sum: f64 = self.trees.iter().map(|t| t.leaf_values(row).first().copied().unwrap_or(0.0)).sum();
-                if self.single { sum } else { sum / n }
-            })
-            .collect()
+        let mut out = vec![0.0; x.nrows()];
+        let x32 = as_f32(x);
+        // Tree by tree over all rows keeps one tree in cache at a time; each row's sum is in tree order.
+        for t in &self.trees {
+            for (row, o) in x32.chunks_exact(x.ncols().max(1)).zip(out.iter_mut()) {
+                *o += t.leaf_values(row).first().copied().unwrap_or(0.0);
+            }
+        }
+        if !self.single {
+            let n = self.trees.len() as f64;
+            out.iter_mut().for_each(|o| *o /= n);
+        }
+        out
     }
 
-    /// Classification: each tree's leaf weights normalised, summed over trees, divided by their count.
+    /// Classification: each tree's normalised leaf weights, summed over trees, divided by their count.
     pub fn predict_proba(&self, x: ArrayView2<'_, f64>) -> Array2<f64> {
-        let k = self.n_values;
-        let mut out = Array2::zeros((x.nrows(), k));
-        for (row, mut o) in x.outer_iter().zip(out.outer_iter_mut()) {
-            for t in &self.trees {
-                let v = t.leaf_values(row);
-                let s: f64 = v.iter().sum();
-                let s = if s == 0.0 { 1.0 } else { s };
-                for (o, v) in o.iter_mut().zip(v) {
-                    *o += v / s;
+        let mut out = Array2::zeros((x.nrows(), self.n_values));
+        let x32 = as_f32(x);
+        for t in &self.trees {
+            for (row, mut o) in x32.chunks_exact(x.ncols().max(1)).zip(out.outer_iter_mut()) {
+                for (o, p) in o.iter_mut().zip(t.leaf_proba(row)) {
+                    *o += p;
                 }
             }
-            if !self.single {
-                let n = self.trees.len() as f64;
-                o.iter_mut().for_each(|o| *o /= n);
-            }
+        }
+        if !self.single {
+            let n = self.trees.len() as f64;
+            out.iter_mut().for_each(|o| *o /= n);
         }
         out
     }
 
     pub fn predict_classes(&self, x: ArrayView2<'_, f64>) -> Vec<usize> {
         if let (true, Some(t)) = (self.single, self.trees.first()) {
-            return x.outer_iter().map(|row| argmax(t.leaf_values(row).iter().copied())).collect();
+            let x32 = as_f32(x);
+            return x32.chunks_exact(x.ncols().max(1)).map(|row| argmax(t.leaf_values(row).iter().copied())).collect();
         }
         self.predict_proba(x).outer_iter().map(|r| argmax(r.iter().copied())).collect()
     }
