@@ -21,8 +21,14 @@ fn files() -> &'static Files {
     static FILES: std::sync::OnceLock<Files> = std::sync::OnceLock::new();
     FILES.get_or_init(|| {
         let (_, python) = common::venvs().into_iter().next().expect("a venv");
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sklearn-hostile-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        // Earlier runs' files go; this run writes its own.
+        for old in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
+            if old.file_name().to_string_lossy().starts_with("sklearn-hostile-") {
+                let _ = std::fs::remove_dir_all(old.path());
+            }
+        }
+        let dir = tmp.join(format!("sklearn-hostile-{}", std::process::id()));
         let marker = dir.join("pwned");
         let out = Command::new(python)
             .arg(common::here().join("hostile.py"))

@@ -52,6 +52,14 @@ fn generate(version: &str, python: &Path) -> PathBuf {
     );
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).expect("move generated files into place");
+    // Drop what older generators left.
+    let prefix = format!("sklearn-{version}-");
+    for old in std::fs::read_dir(Path::new(env!("CARGO_TARGET_TMPDIR"))).into_iter().flatten().flatten() {
+        let name = old.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && old.path() != dir {
+            let _ = std::fs::remove_dir_all(old.path());
+        }
+    }
     dir
 }
 

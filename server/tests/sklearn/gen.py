@@ -91,6 +91,8 @@ SPECS = [
     ("sgd_modified_huber_binary", pipe(StandardScaler(), SGDClassifier(loss="modified_huber", random_state=0)), X, y_bin, None),
     ("decision_tree_classifier", DecisionTreeClassifier(max_depth=8, random_state=0), X_nan, y_str, None),
     ("decision_tree_regressor", DecisionTreeRegressor(max_depth=8, random_state=0), X_nan, y_reg, None),
+    ("decision_tree_at_thresholds", DecisionTreeRegressor(max_depth=10, random_state=0), X, y_reg, None),
+    ("random_forest_at_thresholds", RandomForestClassifier(n_estimators=5, max_depth=8, random_state=0), X, y_3, None),
     ("decision_tree_best_first", DecisionTreeClassifier(max_leaf_nodes=30, random_state=0), X, y_odd, None),
     ("random_forest_classifier", RandomForestClassifier(n_estimators=15, max_depth=8, random_state=0), X_nan, y_3, None),
     ("random_forest_regressor", RandomForestRegressor(n_estimators=15, max_depth=8, random_state=0), X_nan, y_reg, None),
@@ -151,6 +153,20 @@ FORMATS = {
 }
 
 
+def at_thresholds(est, test):
+    """Held-out rows with one feature set exactly to a split threshold: scikit-learn compares in
+    float32, so some of these go right where a float64 comparison would go left."""
+    test = test.copy()
+    trees = getattr(est, "estimators_", [est])
+    i = 0
+    for t in trees:
+        for f, thr in zip(t.tree_.feature, t.tree_.threshold):
+            if f >= 0:
+                test[i % len(test), f] = thr
+                i += 1
+    return test
+
+
 def nulls(a):
     return [[None if np.isnan(v) else float(v) for v in row] for row in a]
 
@@ -172,6 +188,8 @@ def main(out):
             nan = False
         if name.endswith("_named"):
             named(est)
+        if name.endswith("_at_thresholds"):
+            test = at_thresholds(est, test)
         files = {}
         for fmt, save in FORMATS.items():
             path = f"{name}.{fmt}"
