@@ -86,7 +86,7 @@ fn max_diff(a: impl Iterator<Item = f64>, b: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// Compares one file's predictions with scikit-learn's; returns what differs.
-fn check_file(path: &Path, m: &Value) -> Result<(), String> {
+fn check_file(path: &Path, m: &Value, version: &str) -> Result<(), String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let model = SklearnModel::from_bytes(&bytes, &Limits::default()).map_err(|e| e.to_string())?;
     let x = rows(&m["x"]);
@@ -122,6 +122,9 @@ fn check_file(path: &Path, m: &Value) -> Result<(), String> {
         (Some(_), Err(e)) => return Err(format!("predict_proba failed: {e}")),
         (None, Ok(_)) => return Err("predict_proba works where scikit-learn has none".into()),
     }
+    if model.describe()["sklearn_version"] != version {
+        return Err(format!("sklearn_version {}", model.describe()["sklearn_version"]));
+    }
     if !m["feature_names"].is_null() && serde_json::json!(model.feature_names()) != m["feature_names"] {
         return Err(format!("feature names {:?} != {}", model.feature_names(), m["feature_names"]));
     }
@@ -140,7 +143,7 @@ fn predictions_match_scikit_learn_for_every_estimator_and_file_format() {
             for file in m["files"].as_object().expect("files").values() {
                 let file = file.as_str().expect("file name");
                 checked += 1;
-                if let Err(e) = check_file(&dir.join(file), m) {
+                if let Err(e) = check_file(&dir.join(file), m, version) {
                     failures.push(format!("scikit-learn {version} {file}: {e}"));
                 }
             }

@@ -39,6 +39,8 @@ pub struct Fitted {
     pub feature_names: Option<Vec<String>>,
     /// `classes_` of a classifier; empty for regression.
     pub classes: Vec<Label>,
+    /// The scikit-learn version that pickled the model (`_sklearn_version`).
+    pub sklearn_version: Option<String>,
 }
 
 impl Fitted {
@@ -77,6 +79,7 @@ impl Fitted {
             n_features,
             feature_names,
             classes,
+            sklearn_version: top.str("_sklearn_version").ok().map(str::to_string),
         })
     }
 

@@ -173,6 +173,7 @@ impl SklearnModel {
             "format": "sklearn",
             "encoding": self.encoding.name(),
             "class": self.class(),
+            "sklearn_version": self.fitted.sklearn_version,
             "steps": self.fitted.steps,
             "n_features": self.n_features(),
             "feature_names": self.feature_names(),
