@@ -687,3 +687,55 @@ fn scalar_node(d: &Dtype, b: &[u8]) -> Option<Node> {
         Scalar::Bytes(b) => Node::Bytes(b),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(body: &[u8]) -> Result<Pickle, PickleError> {
+        let mut bytes = vec![0x80, 4];
+        bytes.extend_from_slice(body);
+        read(&bytes, Limits::default())
+    }
+
+    #[test]
+    fn memo_frames_and_integers() {
+        // FRAME, [-2 (LONG1), 300 (BININT2)] memoised, then fetched again into a tuple.
+        let p = run(b"\x95\x0e\x00\x00\x00\x00\x00\x00\x00]\x94(\x8a\x01\xfeM\x2c\x01eh\x00\x85.").unwrap();
+        let Node::Tuple(t) = p.node(p.root) else { panic!("not a tuple: {:?}", p.node(p.root)) };
+        let Node::List(l) = p.node(t[0]) else { panic!("not a list") };
+        assert_eq!(l.iter().map(|&i| p.node(i).clone()).collect::<Vec<_>>(), vec![Node::Int(-2), Node::Int(300)]);
+    }
+
+    #[test]
+    fn stack_global_is_checked_before_anything_runs() {
+        let err = run(b"\x8c\x02os\x8c\x06system\x93\x8c\x02id\x85R.").unwrap_err();
+        assert!(err.to_string().starts_with("refusing global os.system: not a supported scikit-learn class"), "{err}");
+    }
+
+    #[test]
+    fn malformed_streams_are_errors() {
+        let err = |b: &[u8]| run(b).unwrap_err().to_string();
+        assert!(err(b"").contains("truncated"));
+        assert!(err(b"0.").contains("stack underflow"));
+        assert!(err(b"e.").contains("no MARK"));
+        assert!(err(b"h\x05.").contains("memo key 5 not found"));
+        assert!(err(b"\x97.").contains("out-of-band buffers"));
+        assert!(err(b"\x8d\xff\xff\xff\xff\xff\xff\xff\xff").contains("truncated"));
+        assert!(err(b"\x95\xff\x00\x00\x00\x00\x00\x00\x00N.").contains("truncated pickle: frame"));
+        assert!(err(b"I1\n.").contains("protocol 0/1 opcode"));
+        assert!(err(b"\xff").contains("unknown opcode 0xff"));
+        assert_eq!(read(b"\x80\x01N.", Limits::default()).unwrap_err(), PickleError::Protocol(1));
+    }
+
+    #[test]
+    fn deep_nesting_needs_no_recursion() {
+        // 200,000 lists, each appended into the one before it.
+        let n = 200_000;
+        let mut body = vec![b']'; n];
+        body.extend(std::iter::repeat_n(b'a', n - 1));
+        body.push(b'.');
+        let p = run(&body).unwrap();
+        assert!(matches!(p.node(p.root), Node::List(l) if l.len() == 1));
+    }
+}
