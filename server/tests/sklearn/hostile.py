@@ -117,3 +117,11 @@ from sklearn.ensemble import RandomForestClassifier
 forest = RandomForestClassifier(n_estimators=2, max_depth=3, random_state=0).fit(X, y)
 forest.estimators_ = [forest.estimators_[0]] * 200_000
 write("shared_trees.pkl", pickle.dumps(forest, protocol=5))
+
+# Estimators outside the supported list, a part of one on its own, a transformer with nothing to predict.
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+write("svc.pkl", pickle.dumps(SVC().fit(X, y), protocol=5))
+write("bare_tree.pkl", pickle.dumps(tree.tree_, protocol=5))
+write("scaler_only.joblib", pickle.dumps(StandardScaler().fit(X), protocol=5))
