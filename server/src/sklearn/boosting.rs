@@ -104,6 +104,7 @@ impl Boosting {
         raw.iter().map(|&r| if self.link == Link::Log { r.exp() } else { r }).collect()
     }
 
+    /// Class indices: the sign of the raw value for binary problems, else its argmax.
     pub fn predict_classes(&self, x: ArrayView2<'_, f64>) -> Vec<usize> {
         let raw = self.raw(x);
         raw.outer_iter()
@@ -115,6 +116,7 @@ impl Boosting {
             .collect()
     }
 
+    /// Class probabilities: logistic for binary problems, softmax otherwise.
     pub fn predict_proba(&self, x: ArrayView2<'_, f64>) -> Array2<f64> {
         let raw = self.raw(x);
         let k = if self.columns == 1 { 2 } else { self.columns };
@@ -130,6 +132,7 @@ impl Boosting {
         out
     }
 
+    /// Number of trees over all stages.
     pub fn n_trees(&self) -> usize {
         self.stages.len()
     }

@@ -88,6 +88,7 @@ impl Fitted {
         self.transforms.iter().fold(x.to_owned(), |x, t| t.apply(x))
     }
 
+    /// Whether the final estimator has `predict_proba`.
     pub fn has_proba(&self) -> bool {
         match &self.predictor {
             Predictor::LinearClassifier(c) => c.proba != Proba::Unavailable,

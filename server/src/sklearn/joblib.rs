@@ -35,6 +35,7 @@ impl Encoding {
         })
     }
 
+    /// The encoding's name, as `inspect` shows it.
     pub fn name(self) -> &'static str {
         match self {
             Self::Pickle => "pickle",

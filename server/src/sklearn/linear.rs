@@ -14,6 +14,7 @@ pub struct LinearRegressor {
 }
 
 impl LinearRegressor {
+    /// Reads `coef_` and `intercept_` of a single-target regressor taking `n_features`.
     pub fn load(o: &Obj<'_>, n_features: usize) -> Result<Self, SklearnError> {
         let (shape, _) = o.numbers("coef_")?;
         if shape.len() > 2 || (shape.len() == 2 && shape[0] != 1) {
@@ -24,6 +25,7 @@ impl LinearRegressor {
         Ok(Self { coef, intercept })
     }
 
+    /// One value per row.
     pub fn predict(&self, x: ArrayView2<'_, f64>) -> Vec<f64> {
         x.outer_iter().map(|row| dot(row.iter(), &self.coef) + self.intercept).collect()
     }

@@ -112,10 +112,12 @@ impl SklearnModel {
         &self.fitted.classes
     }
 
+    /// Whether the model predicts classes.
     pub fn is_classifier(&self) -> bool {
         !self.fitted.classes.is_empty()
     }
 
+    /// Whether [`SklearnModel::predict_proba`] is available.
     pub fn has_proba(&self) -> bool {
         self.fitted.has_proba()
     }

@@ -247,6 +247,7 @@ impl Array {
         element_count(&self.shape).unwrap_or(0)
     }
 
+    /// Whether the array has no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -56,6 +56,7 @@ impl<'p> Obj<'p> {
         }
     }
 
+    /// An error naming this object's class.
     pub fn err(&self, reason: impl Into<String>) -> SklearnError {
         SklearnError::Invalid { class: self.class.to_string(), reason: reason.into() }
     }
@@ -65,6 +66,7 @@ impl<'p> Obj<'p> {
         self.state.iter().rev().find(|(k, _)| matches!(self.p.node(*k), Node::Str(s) if s == key)).map(|&(_, v)| v)
     }
 
+    /// The attribute `key`, if present.
     pub fn get(&self, key: &str) -> Option<&'p Node> {
         self.id(key).map(|id| self.p.node(id))
     }
@@ -80,6 +82,7 @@ impl<'p> Obj<'p> {
         Obj::at(self.p, id)
     }
 
+    /// A string attribute.
     pub fn str(&self, key: &str) -> Result<&'p str, SklearnError> {
         match self.req(key)? {
             Node::Str(s) => Ok(s),
@@ -87,6 +90,7 @@ impl<'p> Obj<'p> {
         }
     }
 
+    /// A bool attribute, `default` when absent (older versions lack some).
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool, SklearnError> {
         match self.get(key) {
             None => Ok(default),
@@ -96,6 +100,7 @@ impl<'p> Obj<'p> {
         }
     }
 
+    /// A non-negative integer attribute.
     pub fn usize(&self, key: &str) -> Result<usize, SklearnError> {
         match self.req(key)? {
             Node::Int(i) => usize::try_from(*i).map_err(|_| self.err(format!("{key} is negative"))),

@@ -152,6 +152,7 @@ struct Stack {
 }
 
 impl<'a> Machine<'a> {
+    /// An error at byte `offset`.
     pub(super) fn invalid(&self, offset: usize, reason: impl Into<String>) -> PickleError {
         PickleError::Invalid { offset, reason: reason.into() }
     }
@@ -198,11 +199,13 @@ impl<'a> Machine<'a> {
         String::from_utf8(rest[..end].to_vec()).map_err(|_| self.invalid(start, "line is not UTF-8"))
     }
 
+    /// Adds a node to the arena.
     pub(super) fn push_node(&mut self, node: Node) -> NodeId {
         self.nodes.push(node);
         self.nodes.len() - 1
     }
 
+    /// The node `id` (ids always exist).
     pub(super) fn node(&self, id: NodeId) -> &Node {
         self.nodes.get(id).unwrap_or(&Node::None)
     }
@@ -546,6 +549,7 @@ impl<'a> Machine<'a> {
         Ok(self.push_node(node))
     }
 
+    /// Array dimensions from a tuple of non-negative ints.
     pub(super) fn shape(&self, dims: &[NodeId], at: usize) -> Result<Vec<usize>, PickleError> {
         dims.iter()
             .map(|&d| match self.node(d) {

@@ -21,6 +21,7 @@ pub(super) struct Split {
 }
 
 impl Split {
+    /// The child `x` goes to.
     pub fn next(&self, x: f64) -> usize {
         let next = if x.is_nan() {
             if self.missing_left { self.left } else { self.right }
@@ -160,10 +161,12 @@ pub struct Trees {
 }
 
 impl Trees {
+    /// A DecisionTree{Classifier,Regressor}.
     pub fn single(o: &Obj<'_>, n_features: usize, n_values: usize) -> Result<Self, SklearnError> {
         Ok(Self { trees: vec![Tree::load(o, n_features, n_values)?], n_values, single: true })
     }
 
+    /// A RandomForest / ExtraTrees: every tree of `estimators_`.
     pub fn forest(o: &Obj<'_>, n_features: usize, n_values: usize) -> Result<Self, SklearnError> {
         let trees = o
             .items("estimators_")?
@@ -211,6 +214,7 @@ impl Trees {
         out
     }
 
+    /// Class indices: argmax of a lone tree's leaf weights, or of the averaged probabilities.
     pub fn predict_classes(&self, x: ArrayView2<'_, f64>) -> Vec<usize> {
         if let (true, Some(t)) = (self.single, self.trees.first()) {
             let x32 = as_f32(x);
@@ -219,10 +223,12 @@ impl Trees {
         self.predict_proba(x).outer_iter().map(|r| argmax(r.iter().copied())).collect()
     }
 
+    /// Number of trees.
     pub fn n_trees(&self) -> usize {
         self.trees.len()
     }
 
+    /// Number of nodes over all trees.
     pub fn n_nodes(&self) -> usize {
         self.trees.iter().map(|t| t.nodes.len()).sum()
     }
