@@ -118,7 +118,7 @@ fn broken_files_give_one_line_errors() {
             "refusing global sklearn.svm._classes.SVC: not a supported scikit-learn class; supported: LogisticRegression",
         ),
         ("bare_tree.pkl", "unsupported estimator Tree; supported: LogisticRegression"),
-        ("scaler_only.joblib", "invalid StandardScaler: StandardScaler cannot be the last step: it does not predict"),
+        ("scaler_only.joblib", "invalid StandardScaler: it transforms but does not predict"),
     ];
     for (file, want) in cases {
         let err = refused(file);

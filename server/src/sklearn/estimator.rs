@@ -170,6 +170,10 @@ fn predictor(o: &Obj<'_>, n: usize) -> Result<(Predictor, Vec<Label>), SklearnEr
             (Predictor::BoostingClassifier(Boosting::hist(o, n, c.len())?), c)
         }
         "HistGradientBoostingRegressor" => (Predictor::BoostingRegressor(Boosting::hist(o, n, 0)?), Vec::new()),
-        other => return Err(o.err(format!("{other} cannot be the last step: it does not predict"))),
+        _ => {
+            return Err(
+                o.err("it transforms but does not predict: a model (or a Pipeline's last step) must be an estimator")
+            );
+        }
     })
 }
