@@ -141,7 +141,9 @@ pub(super) fn read_wrapped_array(m: &mut Machine<'_>, state: NodeId, at: usize) 
     if dtype.kind == Kind::Object {
         let inner = m.run()?;
         return match m.node(inner) {
-            Node::Array(a) if a.dtype.kind == Kind::Object && a.shape == shape => Ok(Node::Array(a.clone())),
+            Node::Array(a) if a.dtype.kind == Kind::Object && a.shape == shape => {
+                m.copy(a.len(), at).map(|()| Node::Array(a.clone()))
+            }
             _ => Err(m.invalid(at, "the inner pickle of an object array is not that array")),
         };
     }

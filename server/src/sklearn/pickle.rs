@@ -75,9 +75,9 @@ pub struct Pickle {
     budget: std::cell::Cell<usize>,
 }
 
-/// Array values an estimator may read beyond twice the file's length: a legitimate model reads
-/// each stored value about once, so only a file that shares one array among many estimators
-/// (through the memo) reaches the limit.
+/// Values the interpreter may copy, and estimators may read, beyond twice the file's length: a
+/// legitimate model copies and reads each stored value about once, so only a file that names one
+/// value many times through the memo reaches the limit.
 const READ_ALLOWANCE: usize = 8 << 20;
 
 impl Pickle {
@@ -129,9 +129,11 @@ pub enum PickleError {
 
 /// Reads a pickle (protocol 2 to 5) from `input`.
 pub fn read(input: &[u8], limits: Limits) -> Result<Pickle, PickleError> {
-    let mut m = Machine { input, pos: 0, nodes: Vec::new(), limits, nesting: 0 };
+    let allowance = input.len().saturating_mul(2).saturating_add(READ_ALLOWANCE);
+    let copies = std::cell::Cell::new(allowance);
+    let mut m = Machine { input, pos: 0, nodes: Vec::new(), limits, nesting: 0, copies };
     let root = m.run()?;
-    let budget = std::cell::Cell::new(input.len().saturating_mul(2).saturating_add(READ_ALLOWANCE));
+    let budget = std::cell::Cell::new(allowance);
     Ok(Pickle { nodes: m.nodes, root, budget })
 }
 
@@ -142,6 +144,9 @@ pub(super) struct Machine<'a> {
     pub(super) nodes: Vec<Node>,
     pub(super) limits: Limits,
     nesting: usize,
+    /// How many more values (bytes, node ids, fields) may be copied out of existing nodes: the
+    /// memo lets a small file name one large value many times (see [`Machine::copy`]).
+    copies: std::cell::Cell<usize>,
 }
 
 /// The operand stack of one pickle, with Python's mark stack.
@@ -155,6 +160,16 @@ impl<'a> Machine<'a> {
     /// An error at byte `offset`.
     pub(super) fn invalid(&self, offset: usize, reason: impl Into<String>) -> PickleError {
         PickleError::Invalid { offset, reason: reason.into() }
+    }
+
+    /// Accounts for copying `n` values of an existing node into a new one.
+    pub(super) fn copy(&self, n: usize, at: usize) -> Result<(), PickleError> {
+        let left = self.copies.get();
+        if n > left {
+            return Err(self.invalid(at, "the pickle copies far more data than it holds (one value reused many times)"));
+        }
+        self.copies.set(left - n);
+        Ok(())
     }
 
     /// Takes `n` bytes at the current position.
@@ -451,7 +466,7 @@ impl<'a> Machine<'a> {
 
     fn tuple(&self, id: NodeId, at: usize) -> Result<Vec<NodeId>, PickleError> {
         match self.node(id) {
-            Node::Tuple(items) => Ok(items.clone()),
+            Node::Tuple(items) => self.copy(items.len(), at).map(|()| items.clone()),
             other => Err(self.invalid(at, format!("expected a tuple of arguments, found {}", other.type_name()))),
         }
     }
@@ -517,12 +532,14 @@ impl<'a> Machine<'a> {
                     return Err(self.invalid(at, "_frombuffer needs (buffer, dtype, shape, order)"));
                 };
                 let shape = self.shape(shape, at)?;
+                self.copy(buf.len(), at)?;
                 let arr = Array::from_raw(d.clone(), shape, buf, order == "F", self.limits.max_array_bytes)
                     .map_err(|e| self.invalid(at, e))?;
                 Node::Array(arr)
             }
             Global::CodecsEncode => match (self.node(arg(0)), self.node(arg(1))) {
                 (Node::Str(s), Node::Str(enc)) if enc == "latin1" || enc == "latin-1" => {
+                    self.copy(s.len(), at)?;
                     let b: Option<Vec<u8>> = s.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
                     Node::Bytes(b.ok_or_else(|| self.invalid(at, "latin1 text out of range"))?)
                 }
@@ -536,11 +553,11 @@ impl<'a> Machine<'a> {
             },
             Global::ByteArray => match args.first().map(|&a| self.node(a)) {
                 None => Node::Bytes(Vec::new()),
-                Some(Node::Bytes(b)) => Node::Bytes(b.clone()),
+                Some(Node::Bytes(b)) => self.copy(b.len(), at).map(|()| Node::Bytes(b.clone()))?,
                 _ => return Err(self.invalid(at, "bytearray needs bytes")),
             },
             Global::Set => match self.node(arg(0)) {
-                Node::List(l) => Node::Set(l.clone()),
+                Node::List(l) => self.copy(l.len(), at).map(|()| Node::Set(l.clone()))?,
                 _ => return Err(self.invalid(at, "set needs a list")),
             },
             Global::Class(_) | Global::NumpyArrayWrapper => Node::Object { class: g, args, state: None },
@@ -563,9 +580,15 @@ impl<'a> Machine<'a> {
     fn build(&mut self, obj: NodeId, state: NodeId, at: usize) -> Result<(), PickleError> {
         let node = match self.node(obj) {
             Node::EmptyArray => Node::Array(self.array_state(state, at)?),
-            Node::Dtype(d) => Node::Dtype(self.dtype_state(d.clone(), state, at)?),
+            Node::Dtype(d) => {
+                self.copy(d.fields.len(), at)?;
+                Node::Dtype(self.dtype_state(d.clone(), state, at)?)
+            }
             Node::Object { class: Global::NumpyArrayWrapper, .. } => self.wrapped_array(state, at)?,
-            Node::Object { class, args, .. } => Node::Object { class: *class, args: args.clone(), state: Some(state) },
+            Node::Object { class, args, .. } => {
+                self.copy(args.len(), at)?;
+                Node::Object { class: *class, args: args.clone(), state: Some(state) }
+            }
             other => return Err(self.invalid(at, format!("cannot set the state of a {}", other.type_name()))),
         };
         if let Some(slot) = self.nodes.get_mut(obj) {
@@ -598,6 +621,12 @@ impl<'a> Machine<'a> {
         };
         let shape = self.shape(shape, at)?;
         let fortran = matches!(self.node(items[2]), Node::Bool(true) | Node::Int(1));
+        let size = match self.node(items[3]) {
+            Node::List(l) => l.len(),
+            Node::Bytes(b) => b.len(),
+            _ => 0,
+        };
+        self.copy(size, at)?;
         let arr = match (dtype.kind, self.node(items[3])) {
             (Kind::Object, Node::List(objs)) => Array::from_objects(dtype.clone(), shape, objs.clone(), fortran),
             (Kind::Object, _) => return Err(self.invalid(at, "object array state needs a list")),
@@ -631,6 +660,7 @@ impl<'a> Machine<'a> {
             d.itemsize = usize::try_from(*elsize).map_err(|_| bad("element size"))?;
         }
         if let Node::Dict(fields) = self.node(items[4]) {
+            self.copy(fields.len(), at)?;
             for &(k, v) in fields {
                 let (Node::Str(name), Node::Tuple(spec)) = (self.node(k), self.node(v)) else {
                     return Err(bad("fields must map names to (dtype, offset)"));
@@ -730,6 +760,21 @@ mod tests {
         assert!(err(b"I1\n.").contains("protocol 0/1 opcode"));
         assert!(err(b"\xff").contains("unknown opcode 0xff"));
         assert_eq!(read(b"\x80\x01N.", Limits::default()).unwrap_err(), PickleError::Protocol(1));
+    }
+
+    #[test]
+    fn one_value_reused_many_times_is_refused() {
+        // bytearray(16 MiB of bytes) called 100,000 times on the memoised argument: 1.6 TB of copies.
+        let mut body = b"c__builtin__\nbytearray\nq\x00\x8e".to_vec();
+        body.extend_from_slice(&(16u64 << 20).to_le_bytes());
+        body.extend(std::iter::repeat_n(b'x', 16 << 20));
+        body.extend_from_slice(b"\x85q\x01(");
+        for _ in 0..100_000 {
+            body.extend_from_slice(b"h\x00h\x01R");
+        }
+        body.extend_from_slice(b"l.");
+        let err = run(&body).unwrap_err().to_string();
+        assert!(err.contains("copies far more data than it holds"), "{err}");
     }
 
     #[test]
