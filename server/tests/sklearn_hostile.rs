@@ -113,6 +113,7 @@ fn broken_files_give_one_line_errors() {
         ("tree_feature_out_of_range.pkl", "invalid Tree: node 0 splits on feature 77, the model has 4 features"),
         ("huge_shape.joblib", "exceeds the limit"),
         ("shared_trees.pkl", "reads far more values than its file holds"),
+        ("wide_shared_trees.pkl", "reads far more values than its file holds"),
         (
             "svc.pkl",
             "refusing global sklearn.svm._classes.SVC: not a supported scikit-learn class; supported: LogisticRegression",

@@ -50,6 +50,9 @@ impl<'p> Obj<'p> {
                     },
                     _ => &[],
                 };
+                // Attribute lookups scan the state; a dict shared by many objects must not make them endless.
+                let err = |reason| SklearnError::Invalid { class: class.to_string(), reason };
+                p.charge(state.len()).map_err(err)?;
                 Ok(Self { p, class, args, state })
             }
             other => Err(SklearnError::NotEstimator(other.type_name())),

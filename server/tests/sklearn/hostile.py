@@ -125,3 +125,9 @@ from sklearn.svm import SVC
 write("svc.pkl", pickle.dumps(SVC().fit(X, y), protocol=5))
 write("bare_tree.pkl", pickle.dumps(tree.tree_, protocol=5))
 write("scaler_only.joblib", pickle.dumps(StandardScaler().fit(X), protocol=5))
+
+# One tree with 300,000 junk attributes, shared 50,000 times: attribute lookups must stay bounded.
+wide = DecisionTreeClassifier(max_depth=2, random_state=0).fit(X, y)
+wide.__dict__.update({f"junk{i}": 0 for i in range(300_000)})
+forest.estimators_ = [wide] * 50_000
+write("wide_shared_trees.pkl", pickle.dumps(forest, protocol=5))
