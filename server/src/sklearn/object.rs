@@ -136,11 +136,13 @@ impl<'p> Obj<'p> {
 
     /// A list or tuple attribute, as node ids.
     pub fn items(&self, key: &str) -> Result<&'p [NodeId], SklearnError> {
-        match self.req(key)? {
-            Node::List(l) | Node::Tuple(l) => Ok(l),
-            Node::Array(Array { data: Data::Objects(l), .. }) => Ok(l),
-            other => Err(self.err(format!("{key} must be a list, found {}", other.type_name()))),
-        }
+        let items = match self.req(key)? {
+            Node::List(l) | Node::Tuple(l) => l,
+            Node::Array(Array { data: Data::Objects(l), .. }) => l,
+            other => return Err(self.err(format!("{key} must be a list, found {}", other.type_name()))),
+        };
+        self.p.charge(items.len()).map_err(|e| self.err(e))?;
+        Ok(items)
     }
 
     /// `classes_` as labels.
@@ -165,7 +167,10 @@ pub fn numbers(p: &Pickle, node: &Node) -> Result<(Vec<usize>, Vec<f64>), String
         Node::Float(f) => Ok((Vec::new(), vec![*f])),
         Node::Int(i) => Ok((Vec::new(), vec![*i as f64])),
         Node::Bool(b) => Ok((Vec::new(), vec![f64::from(u8::from(*b))])),
-        Node::Tuple(items) | Node::List(items) => Ok((vec![items.len()], number_items(p, items)?)),
+        Node::Tuple(items) | Node::List(items) => {
+            p.charge(items.len())?;
+            Ok((vec![items.len()], number_items(p, items)?))
+        }
         Node::Array(a) => match p.charge(a.len()).map(|()| &a.data)? {
             Data::Raw(_) => Ok((a.shape.clone(), a.to_f64()?)),
             Data::Objects(items) => Ok((a.shape.clone(), number_items(p, items)?)),
@@ -210,7 +215,10 @@ fn labels(p: &Pickle, node: &Node) -> Result<Vec<Label>, String> {
                 })
                 .collect(),
         },
-        Node::List(items) | Node::Tuple(items) => items.iter().map(|&i| one(p.node(i))).collect(),
+        Node::List(items) | Node::Tuple(items) => {
+            p.charge(items.len())?;
+            items.iter().map(|&i| one(p.node(i))).collect()
+        }
         other => Err(format!("expected an array of labels, found {}", other.type_name())),
     }
 }
