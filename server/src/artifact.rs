@@ -66,6 +66,9 @@ pub enum Estimator {
     LogisticRegression(MultiFittedLogisticRegression<f64, usize>),
     DecisionTree(DecisionTree<f64, usize>),
     LinearRegression(FittedLinearRegression<f64>),
+    /// A scikit-learn model read from a pickle or joblib file (never written as JSON).
+    #[serde(skip)]
+    Sklearn(Box<crate::sklearn::SklearnModel>),
 }
 
 impl Estimator {
@@ -75,11 +78,23 @@ impl Estimator {
             Self::LogisticRegression(_) => "logistic_regression",
             Self::DecisionTree(_) => "decision_tree",
             Self::LinearRegression(_) => "linear_regression",
+            Self::Sklearn(_) => "sklearn",
         }
     }
 
     pub fn is_classifier(&self) -> bool {
-        !matches!(self, Self::LinearRegression(_))
+        match self {
+            Self::Sklearn(m) => m.is_classifier(),
+            other => !matches!(other, Self::LinearRegression(_)),
+        }
+    }
+
+    /// Whether the model gives class probabilities.
+    pub fn has_proba(&self) -> bool {
+        match self {
+            Self::Sklearn(m) => m.has_proba(),
+            other => matches!(other, Self::LogisticRegression(_)),
+        }
     }
 }
 
@@ -201,6 +216,11 @@ impl Artifact {
                 }
                 if !m.intercept().is_finite() || m.params().iter().any(|v| !v.is_finite()) {
                     return bad("the linear model has a non-finite coefficient".into());
+                }
+            }
+            Estimator::Sklearn(m) => {
+                if m.n_features() != n || m.classes().len() != self.class_names.len() {
+                    return bad("the scikit-learn model does not match its metadata".into());
                 }
             }
         }

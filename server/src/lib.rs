@@ -14,6 +14,7 @@ pub mod load;
 pub mod metrics;
 pub mod model;
 pub mod serve;
+pub mod sklearn;
 pub mod train;
 pub mod v2;
 

@@ -29,6 +29,8 @@ pub enum LoadError {
     TooLarge { from: String, limit: u64 },
     #[error("model {0} is fetched over plain http: give --sha256 so its bytes are verified (or use https)")]
     UnverifiedHttp(String),
+    #[error(transparent)]
+    ModelFile(#[from] crate::sklearn::format::ModelFileError),
 }
 
 /// Default of `--max-model-bytes`.
@@ -135,7 +137,7 @@ pub async fn load(source: &str, sha256: Option<&str>, max_bytes: u64) -> Result<
     }
     let bytes = fetch(source, max_bytes).await?;
     verify(&bytes, sha256)?;
-    Ok(Artifact::from_slice(&bytes)?)
+    Ok(crate::sklearn::format::read_artifact(&bytes)?)
 }
 
 #[cfg(test)]

@@ -236,7 +236,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Inspect { file } => {
             let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let artifact = modelship_server::Artifact::from_slice(&bytes)?;
+            let artifact = modelship_server::sklearn::format::read_artifact(&bytes)?;
+            if let modelship_server::artifact::Estimator::Sklearn(m) = &artifact.estimator {
+                let mut meta = m.describe();
+                meta["sha256"] = load::sha256_hex(&bytes).into();
+                println!("{}", serde_json::to_string_pretty(&meta)?);
+                return Ok(());
+            }
             let meta = serde_json::json!({
                 "name": artifact.name,
                 "format_version": artifact.format_version,

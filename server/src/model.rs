@@ -57,7 +57,9 @@ pub enum InputError {
 impl Model {
     pub fn new(artifact: Artifact, name: Option<String>, version: Option<String>) -> Self {
         let name = name.unwrap_or_else(|| artifact.name.clone());
-        let version = version.unwrap_or_else(|| artifact.training.trained_at.clone());
+        // A scikit-learn file has no training time to fall back to.
+        let trained_at = Some(artifact.training.trained_at.clone()).filter(|t| !t.is_empty());
+        let version = version.or(trained_at).unwrap_or_else(|| "unversioned".into());
         Self { artifact, name, version }
     }
 
@@ -126,6 +128,15 @@ impl Model {
                 }
                 Ok(Predictions::Values(y.to_vec()))
             }
+            // `check` proved the width, the only input error the reader reports.
+            Estimator::Sklearn(m) => match m.predict(rows) {
+                Ok(crate::sklearn::Prediction::Classes(c)) => Ok(Predictions::Classes(c)),
+                Ok(crate::sklearn::Prediction::Values(v)) => match v.iter().position(|y| !y.is_finite()) {
+                    Some(row) => Err(InputError::NotFiniteOutput { row }),
+                    None => Ok(Predictions::Values(v)),
+                },
+                Err(_) => Err(InputError::FeatureCount { expected: self.n_features(), got: rows.ncols() }),
+            },
         }
     }
 
@@ -144,6 +155,7 @@ impl Model {
                 }
                 Ok(out)
             }
+            Estimator::Sklearn(m) => m.predict_proba(rows).map_err(|_| InputError::NoProbabilities(m.class())),
             other => Err(InputError::NoProbabilities(other.algorithm())),
         }
     }
