@@ -61,11 +61,7 @@ fn predict_datatype(model: &Model) -> &'static str {
 
 /// The outputs a model has: `predict`, and `predict_proba` for models with probabilities.
 fn output_names(model: &Model) -> &'static [&'static str] {
-    if model.artifact.estimator.has_proba() {
-        &[PREDICT, PREDICT_PROBA]
-    } else {
-        &[PREDICT]
-    }
+    if model.artifact.estimator.has_proba() { &[PREDICT, PREDICT_PROBA] } else { &[PREDICT] }
 }
 
 fn metadata(model: &Model) -> Value {
