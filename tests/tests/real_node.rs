@@ -226,3 +226,110 @@ async fn per_model_limits_from_the_spec_reach_the_real_server() {
     let resp = http.post(&url).body(big).send().await.unwrap();
     assert_eq!(resp.status(), 413, "spec.server.limits.maxBodyBytes=1024 refuses a 2 KiB body");
 }
+
+/// Sends `n` requests to `url`, each on a new connection (kube-proxy balances connections, not
+/// requests), and counts the answers by their `x-model-version`; failures under "error".
+async fn versions_answering(url: &str, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).pool_max_idle_per_host(0).build().unwrap();
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let key = match http.post(url).body(r#"{"features":[5.1,3.5,1.4,0.2]}"#).send().await {
+            Ok(r) if r.status().is_success() => {
+                r.headers().get("x-model-version").and_then(|v| v.to_str().ok()).unwrap_or("none").to_string()
+            }
+            Ok(r) => format!("HTTP {}", r.status()),
+            Err(_) => "error".to_string(),
+        };
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn a_20_percent_canary_answers_its_share_of_real_service_traffic() {
+    let Some((c, ns, _op)) = setup("real-canary").await else { return };
+    kubectl(&["apply", "-n", &ns.name, "-f", root().join("examples/iris.yaml").to_str().unwrap()]).unwrap();
+    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
+    wait_ready(&models, "iris", None, T).await;
+    let canary = serde_json::json!({"spec": {"replicas": 5, "canary": {
+        "model": modelship_tests::iris_model("v2"), "trafficPercent": 20}}});
+    modelship_tests::patch_mlmodel(&ns.name, "iris", &canary.to_string());
+    let m = wait_ready(&models, "iris", None, T).await;
+    let st = m.status.unwrap();
+    assert_eq!((st.stable_ready_replicas, st.canary_ready_replicas), (Some(4), Some(1)), "4 + 1 real pods");
+    // Every model pod is on the real node and the Service's endpoints are exactly the 5 ready pods.
+    wait_for("5 ready endpoints behind the Service", T, || async {
+        let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(c.clone(), &ns.name);
+        let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=iris")).await.ok()?;
+        let ready = list
+            .items
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .count();
+        let pods = model_pods(&c, &ns.name, "iris").await;
+        (ready == 5 && pods.len() == 5).then_some(())
+    })
+    .await;
+    real_node::wait_kube_proxy_synced().await;
+    let ip = real_node::cluster_ip(&ns.name, "iris").unwrap();
+    let url = format!("http://{ip}/predict");
+    real_node::post_until_answered(&url, r#"{"features":[5.1,3.5,1.4,0.2]}"#, 40).await.unwrap();
+
+    let n = 2000;
+    let counts = versions_answering(&url, n).await;
+    eprintln!("answers by version over {n} connections: {counts:?}");
+    let v2 = counts.get("v2").copied().unwrap_or(0);
+    assert_eq!(counts.get("v1").copied().unwrap_or(0) + v2, n, "every request answered by v1 or v2: {counts:?}");
+    // Binomial(2000, 0.2): mean 400, sd 17.9; ±5 sd fails a fair split once in ~3.5 million runs.
+    let (mean, sd) = (n as f64 * 0.2, (n as f64 * 0.2 * 0.8).sqrt());
+    assert!((v2 as f64 - mean).abs() <= 5.0 * sd, "v2 answered {v2} of {n}, expected {mean} ± {:.0}", 5.0 * sd);
+}
+
+#[tokio::test]
+async fn a_rollout_under_load_through_the_service_drops_no_request() {
+    let Some((c, ns, _op)) = setup("real-rollout").await else { return };
+    kubectl(&["apply", "-n", &ns.name, "-f", root().join("examples/iris.yaml").to_str().unwrap()]).unwrap();
+    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
+    modelship_tests::patch_mlmodel(&ns.name, "iris", r#"{"spec":{"replicas":2}}"#);
+    wait_ready(&models, "iris", None, T).await;
+    real_node::wait_kube_proxy_synced().await;
+    let ip = real_node::cluster_ip(&ns.name, "iris").unwrap();
+    let url = format!("http://{ip}/predict");
+    real_node::post_until_answered(&url, r#"{"features":[5.1,3.5,1.4,0.2]}"#, 40).await.unwrap();
+
+    // A load loop on new connections through the Service while the model rolls to v2; it stops
+    // once the rollout is Ready and every old pod has exited (bounded by the test's deadline).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (url, done) = (url.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut total = std::collections::BTreeMap::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+                for (k, v) in versions_answering(&url, 20).await {
+                    *total.entry(k).or_insert(0) += v;
+                }
+            }
+            total
+        })
+    };
+    modelship_tests::patch_mlmodel(&ns.name, "iris", r#"{"spec":{"model":{"version":"v2"}}}"#);
+    wait_ready(&models, "iris", Some("v2"), T).await;
+    wait_for("the old pods gone", T, || async { (model_pods(&c, &ns.name, "iris").await.len() == 2).then_some(()) })
+        .await;
+    // A little v2-only traffic after the old pods are gone, then stop.
+    wait_for("v2 answering", T, || async {
+        let counts = versions_answering(&url, 5).await;
+        (counts.get("v2") == Some(&5)).then_some(())
+    })
+    .await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let total = load.await.unwrap();
+    eprintln!("answers during the rollout: {total:?}");
+    let answered: usize = total.iter().filter(|(k, _)| k.starts_with('v')).map(|(_, v)| v).sum();
+    let failed: usize = total.iter().filter(|(k, _)| !k.starts_with('v')).map(|(_, v)| v).sum();
+    assert!(answered >= 100, "the load loop ran through the rollout: {total:?}");
+    assert!(total.contains_key("v1") && total.contains_key("v2"), "both versions answered: {total:?}");
+    assert_eq!(failed, 0, "no request failed during the rollout: {total:?}");
+}
