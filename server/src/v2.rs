@@ -219,8 +219,9 @@ const NUMERIC: &[&str] =
 
 /// Turns the input tensor into rows, checking datatype, shape and data length. `binary` is the
 /// binary part of the body; its declared size is checked against the shape and the bytes sent
-/// before anything is widened to `f64`.
-fn input_rows(budget: Budget, input: InputTensor, binary: &[u8]) -> Result<Rows, ApiError> {
+/// before anything is widened to `f64`. Public only for the fuzz targets (server/fuzz).
+#[doc(hidden)]
+pub fn input_rows(budget: Budget, input: InputTensor, binary: &[u8]) -> Result<Rows, ApiError> {
     let bad = |m: String| ApiError::BadRequest(format!("input {:?}: {m}", input.name));
     if !NUMERIC.contains(&input.datatype.as_str()) {
         return Err(bad(format!("datatype {} is not supported; use FP32, FP64 or INT*", input.datatype)));

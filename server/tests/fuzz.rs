@@ -1,5 +1,5 @@
-//! Fuzz-style property tests (cargo-fuzz needs a nightly toolchain and a C++ libFuzzer build,
-//! which CI does not have): the request parsers (classic, KServe V1, V2), the binary tensor
+//! Fuzz-style property tests on stable, beside the cargo-fuzz targets in server/fuzz (nightly,
+//! `server/fuzz/run`): the request parsers (classic, KServe V1, V2), the binary tensor
 //! decoder and the artifact loader get random and mutated inputs and must never panic, must stay
 //! within their budget, and a loaded artifact must predict without panicking. Case counts keep
 //! each target to a few seconds in a debug build.

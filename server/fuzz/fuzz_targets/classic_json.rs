@@ -1,0 +1,16 @@
+//! The classic `/predict` and KServe V1 body parser: any bytes parse or fail with an error, and
+//! whatever parses stays within the request's budget.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use modelship_server::features::{Budget, rows_from_object};
+
+const BUDGET: Budget = Budget { n_features: 4, max_rows: 8 };
+
+fuzz_target!(|body: &[u8]| {
+    for key in ["features", "instances"] {
+        if let Ok(rows) = rows_from_object(body, key, BUDGET) {
+            assert!(rows.matrix.len() <= BUDGET.max_values(), "{} values over budget", rows.matrix.len());
+        }
+    }
+});
