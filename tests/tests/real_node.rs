@@ -31,6 +31,14 @@ async fn setup(prefix: &str) -> Option<(Client, TestNamespace, Operator)> {
     Some((c, ns, op))
 }
 
+/// Applies examples/iris.yaml in the namespace and waits until it is Ready.
+async fn iris_ready(c: &Client, ns: &TestNamespace) -> Api<MLModel> {
+    kubectl(&["apply", "-n", &ns.name, "-f", root().join("examples/iris.yaml").to_str().unwrap()]).unwrap();
+    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
+    wait_ready(&models, "iris", None, T).await;
+    models
+}
+
 async fn model_pods(c: &Client, ns: &str, model: &str) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
     pods.list(&ListParams::default().labels(&format!("modelship.dev/model={model}"))).await.unwrap().items
@@ -55,9 +63,7 @@ fn cluster_addresses_route_to_local_devices_or_blackholes() {
 #[tokio::test]
 async fn iris_runs_on_the_real_node_and_answers_through_its_service() {
     let Some((c, ns, _op)) = setup("real-iris").await else { return };
-    kubectl(&["apply", "-n", &ns.name, "-f", root().join("examples/iris.yaml").to_str().unwrap()]).unwrap();
-    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
-    wait_ready(&models, "iris", None, T).await;
+    iris_ready(&c, &ns).await;
 
     let pods = model_pods(&c, &ns.name, "iris").await;
     assert_eq!(pods.len(), 1, "one pod");
@@ -193,9 +199,7 @@ fn the_images_match_the_dockerfile_and_are_small_nonroot_and_shell_free() {
 #[tokio::test]
 async fn per_model_limits_from_the_spec_reach_the_real_server() {
     let Some((c, ns, _op)) = setup("real-limits").await else { return };
-    kubectl(&["apply", "-n", &ns.name, "-f", root().join("examples/iris.yaml").to_str().unwrap()]).unwrap();
-    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
-    wait_ready(&models, "iris", None, T).await;
+    let models = iris_ready(&c, &ns).await;
     modelship_tests::patch_mlmodel(
         &ns.name,
         "iris",
@@ -248,9 +252,7 @@ async fn versions_answering(url: &str, n: usize) -> std::collections::BTreeMap<S
 #[tokio::test]
 async fn a_20_percent_canary_answers_its_share_of_real_service_traffic() {
     let Some((c, ns, _op)) = setup("real-canary").await else { return };
-    kubectl(&["apply", "-n", &ns.name, "-f", root().join("examples/iris.yaml").to_str().unwrap()]).unwrap();
-    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
-    wait_ready(&models, "iris", None, T).await;
+    let models = iris_ready(&c, &ns).await;
     let canary = serde_json::json!({"spec": {"replicas": 5, "canary": {
         "model": modelship_tests::iris_model("v2"), "trafficPercent": 20}}});
     modelship_tests::patch_mlmodel(&ns.name, "iris", &canary.to_string());
@@ -289,8 +291,7 @@ async fn a_20_percent_canary_answers_its_share_of_real_service_traffic() {
 #[tokio::test]
 async fn a_rollout_under_load_through_the_service_drops_no_request() {
     let Some((c, ns, _op)) = setup("real-rollout").await else { return };
-    kubectl(&["apply", "-n", &ns.name, "-f", root().join("examples/iris.yaml").to_str().unwrap()]).unwrap();
-    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
+    let models = iris_ready(&c, &ns).await;
     modelship_tests::patch_mlmodel(&ns.name, "iris", r#"{"spec":{"replicas":2}}"#);
     wait_ready(&models, "iris", None, T).await;
     real_node::wait_kube_proxy_synced().await;
