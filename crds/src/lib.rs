@@ -3,11 +3,12 @@
 //! The field doc comments here are user documentation: `kubectl explain mlmodel.spec` shows them.
 
 pub mod labels;
+pub mod mlflow;
 pub mod model_uri;
 pub mod names;
 mod types;
 
-pub use model_uri::{ModelUri, ModelUriError};
+pub use model_uri::{ModelUri, ModelUriError, RegistryRef};
 pub use types::*;
 
 /// The API group of every Modelship resource.

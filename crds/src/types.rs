@@ -30,6 +30,7 @@ use crate::names::{NAME_CEL_MESSAGE, NAME_CEL_RULE};
         label_selector_path = ".status.selector"
     ),
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Format","type":"string","jsonPath":".spec.model.format","priority":1}"#,
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.modelVersion"}"#,
     printcolumn = r#"{"name":"Replicas","type":"string","jsonPath":".status.replicaSummary","description":"ready/desired"}"#,
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url"}"#,
@@ -154,14 +155,17 @@ pub struct ModelSpec {
     /// `configmap://NAME/KEY` (a key of a ConfigMap in this namespace, mounted read-only),
     /// `pvc://CLAIM/PATH` (a file on a PersistentVolumeClaim in this namespace, mounted read-only),
     /// `http://...` or `https://...` (downloaded by the server at start-up; set `sha256`),
-    /// `file:///PATH` (a model baked into the server image).
+    /// `file:///PATH` (a model baked into the server image),
+    /// `models:/NAME/VERSION` or `models:/NAME@ALIAS` (a registered model in MLflow; an alias is
+    /// polled and a move rolls out like a spec change), `runs:/RUN_ID/PATH` (a model logged in an
+    /// MLflow run). MLflow models need a tracking server: `registry.trackingURI` or the operator's default.
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = kube::core::Rule::new(URI_CEL_RULE).message(URI_CEL_MESSAGE))]
     pub uri: String,
 
-    /// The artifact format.
-    #[serde(default)]
-    pub format: ModelFormat,
+    /// The artifact format (see [`ModelFormat`]); unset means "from the file's signature".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ModelFormat>,
 
     /// Expected SHA-256 of the artifact, as 64 lowercase hex digits. The server refuses to start
     /// with an artifact whose digest differs.
@@ -169,19 +173,76 @@ pub struct ModelSpec {
     #[schemars(regex(pattern = r"^[a-f0-9]{64}$"))]
     pub sha256: Option<String>,
 
-    /// A free-form version label, shown in `status.modelVersion` and the VERSION column.
+    /// A free-form version label, shown in `status.modelVersion` and the VERSION column. For an
+    /// MLflow model the registry version is shown unless this is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub version: Option<String>,
+
+    /// The MLflow tracking server of a `models:/` or `runs:/` URI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistrySpec>,
 }
 
-/// Model artifact formats the server can load.
-#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// An MLflow tracking server (run with `--serve-artifacts`, so models download through it).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrySpec {
+    /// Base URL of the tracking server, e.g. `http://mlflow.mlflow.svc:5000`. Default: the
+    /// operator's `--mlflow-tracking-uri`.
+    #[serde(rename = "trackingURI", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^https?://[^/\\\\s]+(/[^\\\\s]*)?$')").message("must be an http:// or https:// URL"))]
+    pub tracking_uri: Option<String>,
+
+    /// Seconds between checks of where a `models:/NAME@ALIAS` alias points (default 60). A pinned
+    /// version is never polled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub poll_seconds: Option<i32>,
+
+    /// A Secret in this namespace with the server pod's MLflow credentials: keys `username` and
+    /// `password` (basic auth) or `token` (bearer). Only the server pods mount it; the operator
+    /// resolves aliases with its own credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: Option<String>,
+}
+
+/// Default of `spec.model.registry.pollSeconds`.
+pub const DEFAULT_POLL_SECONDS: i32 = 60;
+
+impl ModelSpec {
+    /// `registry.pollSeconds` or its default.
+    pub fn poll_seconds(&self) -> i32 {
+        self.registry.as_ref().and_then(|r| r.poll_seconds).unwrap_or(DEFAULT_POLL_SECONDS)
+    }
+}
+
+/// The artifact format: `linfa` (a `modelship-server train` artifact), `sklearn` (a
+/// scikit-learn pickle or joblib file, e.g. `joblib.dump(model, "model.pkl")`) or `onnx`.
+/// The server checks the file's own signature and refuses a file of another format. When
+/// unset, the format is taken from the file's signature.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelFormat {
     /// A Modelship artifact holding a model trained with linfa (`modelship-server train`).
-    #[default]
     Linfa,
+    /// A scikit-learn model saved with `pickle`, `joblib` or cloudpickle.
+    Sklearn,
+    /// An ONNX model.
+    Onnx,
+}
+
+impl ModelFormat {
+    /// The name in manifests and in the server's `--model-format` flag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Linfa => "linfa",
+            Self::Sklearn => "sklearn",
+            Self::Onnx => "onnx",
+        }
+    }
 }
 
 /// CPU-based autoscaling of the server pods.
@@ -370,6 +431,27 @@ pub struct MLModelStatus {
     /// Model versions that failed and were rolled back; kept until the spec names another one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackStatus>,
+
+    /// What an MLflow `spec.model.uri` resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ResolvedModelStatus>,
+}
+
+/// The registry model version behind `spec.model.uri`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedModelStatus {
+    /// The URI this was resolved from (`spec.model.uri` at the time).
+    pub uri: String,
+    /// The registered model version the pods serve (for `models:/NAME@ALIAS`, where the alias pointed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_version: Option<String>,
+    /// The artifact location MLflow gives for the model (its download URI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The flavor the model is served as, from its `MLmodel` file (e.g. `sklearn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flavor: Option<String>,
 }
 
 /// The split of requests between the stable and canary models.
@@ -416,4 +498,7 @@ pub mod condition {
     pub const DEGRADED: &str = "Degraded";
     /// Present while `spec.canary` is set: True when the canary serves its share of traffic.
     pub const CANARY_READY: &str = "CanaryReady";
+    /// Present for MLflow models: True while the tracking server answers (reason `Resolved`),
+    /// False with reason `RegistryUnavailable` while the running version keeps serving.
+    pub const REGISTRY: &str = "RegistryAvailable";
 }

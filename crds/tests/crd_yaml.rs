@@ -55,7 +55,10 @@ fn ranges_enums_and_required_fields() {
     assert_eq!(spec["required"], serde_json::json!(["model"]));
     assert_eq!(spec["properties"]["replicas"]["minimum"], 0.0);
     assert_eq!(spec["properties"]["replicas"]["default"], 1);
-    assert_eq!(spec["properties"]["model"]["properties"]["format"]["enum"], serde_json::json!(["linfa"]));
+    let format = &spec["properties"]["model"]["properties"]["format"];
+    assert_eq!(format["enum"], serde_json::json!(["linfa", "sklearn", "onnx"]));
+    // Absent means "from the file's signature": no default that would pin old manifests to linfa.
+    assert!(format.get("default").is_none(), "{format}");
     assert_eq!(spec["properties"]["model"]["properties"]["sha256"]["pattern"], "^[a-f0-9]{64}$");
     let conditions = &s["properties"]["status"]["properties"]["conditions"];
     assert_eq!(conditions["x-kubernetes-list-type"], "map");
@@ -75,6 +78,8 @@ fn scale_subresource_and_printer_columns() {
         .iter()
         .map(|c| c["name"].as_str().unwrap_or_default().to_uppercase())
         .collect();
-    assert_eq!(names, ["READY", "VERSION", "REPLICAS", "URL", "AGE"]);
+    assert_eq!(names, ["READY", "FORMAT", "VERSION", "REPLICAS", "URL", "AGE"]);
+    // FORMAT only in `-o wide`: the default view stays as it was.
+    assert_eq!(v["additionalPrinterColumns"][1]["priority"], 1);
     assert_eq!(crd["spec"]["names"]["shortNames"], serde_json::json!(["mlm"]));
 }

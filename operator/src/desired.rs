@@ -9,9 +9,10 @@ use k8s_openapi::api::autoscaling::v2::{
     ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, KeyToPath,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -50,8 +51,22 @@ pub fn server_image(model: &MLModel, settings: &Settings) -> String {
 /// What reconcile learned about the model source before building the pods.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SourceVersion {
-    /// Digest of the referenced ConfigMap key's content, so an edited ConfigMap rolls out.
+    /// What identifies the content, so a change rolls out: the digest of the referenced ConfigMap
+    /// key, or the pinned MLflow reference (`models:/NAME/VERSION`) an alias resolved to.
     pub content_hash: Option<String>,
+    /// For an MLflow model: where it was resolved.
+    pub registry: Option<RegistrySource>,
+}
+
+/// An MLflow model as resolved by the operator.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RegistrySource {
+    /// The tracking server the pods download from.
+    pub tracking_uri: String,
+    /// For `status.model`.
+    pub status: modelship_crds::ResolvedModelStatus,
+    /// Set while the tracking server does not answer (the previous resolution is kept): the error.
+    pub unavailable: Option<String>,
 }
 
 /// Container port the server listens on unless `spec.server.port` says otherwise.
@@ -222,13 +237,45 @@ fn delivery(uri: &ModelUri) -> Delivery {
         },
         ModelUri::Http(url) => Delivery { model_arg: url.clone(), volume: None },
         ModelUri::File(path) => Delivery { model_arg: path.clone(), volume: None },
+        // The pinned reference: the server downloads it through the tracking server's artifact API.
+        ModelUri::Registry(r) => Delivery { model_arg: r.to_string(), volume: None },
     }
+}
+
+/// The server's MLflow credentials, from the Secret `registry.credentialsSecret` names (each key
+/// optional: `username` and `password` for basic auth, or `token`). The operator never reads it.
+fn registry_env(served: &ModelSpec) -> Vec<EnvVar> {
+    let Some(secret) = served.registry.as_ref().and_then(|r| r.credentials_secret.as_ref()) else {
+        return vec![];
+    };
+    [
+        ("MLFLOW_TRACKING_USERNAME", "username"),
+        ("MLFLOW_TRACKING_PASSWORD", "password"),
+        ("MLFLOW_TRACKING_TOKEN", "token"),
+    ]
+    .into_iter()
+    .map(|(name, key)| EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector { name: secret.clone(), key: key.into(), optional: Some(true) }),
+            ..Default::default()
+        }),
+    })
+    .collect()
 }
 
 /// Hash of everything whose change must roll out new pods of `served`.
 pub fn rollout_hash(model: &MLModel, served: &ModelSpec, settings: &Settings, source: &SourceVersion) -> String {
+    let mut served_json = serde_json::json!(served);
+    // An absent format was hashed as "linfa" before it became optional (keep those pods); a
+    // declared one adds `--model-format`, so it must hash differently.
+    served_json["format"] = match served.format {
+        None => "linfa".into(),
+        Some(f) => serde_json::json!({ "declared": f.as_str() }),
+    };
     let input = serde_json::json!({
-        "model": served,
+        "model": served_json,
         "server": model.spec.server,
         "image": settings.server_image,
         "content": source.content_hash,
@@ -263,7 +310,7 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
 }
 
 /// The server container's arguments.
-fn server_args(model: &MLModel, served: &ModelSpec, model_arg: String) -> Vec<String> {
+fn server_args(model: &MLModel, served: &ModelSpec, source: &SourceVersion, model_arg: String) -> Vec<String> {
     let mut args = vec![
         "serve".to_string(),
         "--model".into(),
@@ -277,11 +324,17 @@ fn server_args(model: &MLModel, served: &ModelSpec, model_arg: String) -> Vec<St
         "--log-format".into(),
         "json".into(),
     ];
+    if let Some(format) = served.format {
+        args.extend(["--model-format".into(), format.as_str().into()]);
+    }
     if let Some(sha) = &served.sha256 {
         args.extend(["--sha256".into(), sha.clone()]);
     }
-    if let Some(v) = &served.version {
-        args.extend(["--model-version".into(), v.clone()]);
+    if let Some(v) = served_version(served, source) {
+        args.extend(["--model-version".into(), v]);
+    }
+    if let Some(r) = &source.registry {
+        args.extend(["--mlflow-tracking-uri".into(), r.tracking_uri.clone()]);
     }
     if let Some(limits) = model.spec.server.as_ref().and_then(|s| s.limits.as_ref()) {
         args.extend(limit_args(limits));
@@ -303,11 +356,16 @@ fn limit_args(limits: &ServerLimits) -> Vec<String> {
     .collect()
 }
 
+/// The version label of what pods serve: `version`, else the MLflow registry version.
+pub fn served_version(served: &ModelSpec, source: &SourceVersion) -> Option<String> {
+    served.version.clone().or_else(|| source.registry.as_ref()?.status.resolved_version.clone())
+}
+
 /// A server Deployment: the stable one or the canary, as `pods` says.
 pub fn deployment(model: &MLModel, pods: &ServerPods<'_>, settings: &Settings) -> Deployment {
     let server = model.spec.server.clone().unwrap_or_default();
     let Delivery { model_arg, volume } = delivery(pods.uri);
-    let labels = labels_for_version(model, pods.model.version.as_deref());
+    let labels = labels_for_version(model, served_version(pods.model, pods.source).as_deref());
     let mut pod_labels = labels.clone();
     pod_labels.extend(selector_labels(model, pods.track));
 
@@ -327,14 +385,14 @@ pub fn deployment(model: &MLModel, pods: &ServerPods<'_>, settings: &Settings) -
     let container = Container {
         name: "server".into(),
         image: Some(server_image(model, settings)),
-        args: Some(server_args(model, pods.model, model_arg)),
+        args: Some(server_args(model, pods.model, pods.source, model_arg)),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
             container_port: server_port(model),
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        env: (!server.env.is_empty()).then(|| server.env.clone()),
+        env: Some([server.env.clone(), registry_env(pods.model)].concat()).filter(|e| !e.is_empty()),
         resources: Some(server.resources.clone().unwrap_or_else(default_resources)),
         readiness_probe: Some(http_probe("/readyz", 2, 2)),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),

@@ -8,6 +8,7 @@ pub mod leader;
 pub mod metrics;
 pub mod ownership;
 pub mod reconcile;
+pub mod registry;
 pub mod rollback;
 pub mod source;
 pub mod status;

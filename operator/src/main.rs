@@ -21,6 +21,7 @@ use modelship_operator::desired::Settings;
 use modelship_operator::leader::{self, Elector, LeaseConfig};
 use modelship_operator::metrics::Metrics;
 use modelship_operator::reconcile::{self, Context};
+use modelship_operator::registry::{Credentials, RegistrySettings};
 use modelship_operator::write_gate::{self, WriteGate};
 use tracing::{error, info, warn};
 
@@ -54,6 +55,19 @@ struct Flags {
     /// Identity in the Lease (default: POD_NAME, else hostname plus a unique suffix).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// MLflow tracking server for `models:/` and `runs:/` URIs of models that set no
+    /// spec.model.registry.trackingURI.
+    #[arg(long, env = "MODELSHIP_MLFLOW_TRACKING_URI")]
+    mlflow_tracking_uri: Option<String>,
+    /// User name for MLflow basic auth; sent only to --mlflow-tracking-uri.
+    #[arg(long, env = "MODELSHIP_MLFLOW_USERNAME", requires = "mlflow_password", hide_env_values = true)]
+    mlflow_username: Option<String>,
+    /// Password for MLflow basic auth (set it through the env, from a Secret).
+    #[arg(long, env = "MODELSHIP_MLFLOW_PASSWORD", hide_env_values = true)]
+    mlflow_password: Option<String>,
+    /// Bearer token for MLflow (set it through the env, from a Secret); sent only to --mlflow-tracking-uri.
+    #[arg(long, env = "MODELSHIP_MLFLOW_TOKEN", conflicts_with = "mlflow_username", hide_env_values = true)]
+    mlflow_token: Option<String>,
     /// Log format.
     #[arg(long, env = "MODELSHIP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -129,7 +143,13 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     );
     let allowed_image_prefixes = flags.allowed_image_prefixes.iter().filter(|p| !p.is_empty()).cloned().collect();
     let settings = Settings { server_image: flags.server_image.clone(), allowed_image_prefixes };
-    let ctx = Arc::new(Context::new(writer, settings, metrics.clone(), recorder));
+    let credentials = match (flags.mlflow_username.clone(), flags.mlflow_password.clone(), flags.mlflow_token.clone()) {
+        (Some(username), Some(password), _) => Some(Credentials::Basic { username, password }),
+        (_, _, Some(token)) => Some(Credentials::Bearer(token)),
+        _ => None,
+    };
+    let registry = RegistrySettings { default_tracking_uri: flags.mlflow_tracking_uri.clone(), credentials };
+    let ctx = Arc::new(Context::new(writer, settings, metrics.clone(), recorder).with_registry(registry));
     info!(namespace = flags.namespace.as_deref().unwrap_or("<all>"), server_image = %flags.server_image, %identity, "operator started");
 
     let namespace = flags.namespace.as_deref();

@@ -19,8 +19,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use modelship_crds::condition::{DEGRADED, READY};
 use modelship_crds::{
-    CanarySpec, FIELD_MANAGER, GatewayRef, MLModel, MLModelStatus, ModelSpec, ModelUri, RollbackStatus, TrafficStatus,
-    labels,
+    CanarySpec, FIELD_MANAGER, GatewayRef, MLModel, MLModelStatus, ModelSpec, ModelUri, RegistryRef, RollbackStatus,
+    TrafficStatus, labels,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -31,6 +31,7 @@ use crate::error::{Error, KubeContext, is_refusal};
 use crate::failures::Failures;
 use crate::metrics::Metrics;
 use crate::ownership;
+use crate::registry::{Registry, RegistrySettings};
 use crate::rollback::{self, StableChoice};
 use crate::status::{self, CanaryObserved, Observed, Rollout};
 use crate::{source, traffic, validate};
@@ -43,11 +44,29 @@ pub struct Context {
     pub recorder: Recorder,
     /// Consecutive failures per MLModel, for exponential backoff.
     pub failures: std::sync::Mutex<Failures>,
+    /// The MLflow REST client, for `models:/` and `runs:/` URIs.
+    pub registry: Registry,
+    /// Consecutive passes per MLModel in which its tracking server did not answer.
+    pub registry_failures: std::sync::Mutex<Failures>,
 }
 
 impl Context {
     pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>, recorder: Recorder) -> Self {
-        Self { client, settings, metrics, recorder, failures: Default::default() }
+        Self {
+            client,
+            settings,
+            metrics,
+            recorder,
+            failures: Default::default(),
+            registry: Registry::new(RegistrySettings::default()),
+            registry_failures: Default::default(),
+        }
+    }
+
+    /// The same context with the operator's MLflow settings.
+    pub fn with_registry(mut self, settings: RegistrySettings) -> Self {
+        self.registry = Registry::new(settings);
+        self
     }
 }
 
@@ -119,9 +138,10 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
     let mut rollback = previous.rollback.clone().unwrap_or_default();
 
     // What the spec asks for, and what runs now.
-    let resolved = source::resolve(&ctx.client, &ns, &model.spec.model.uri).await?;
+    let resolve = |spec, prev| source::resolve(&ctx.client, &ctx.registry, &ns, spec, prev);
+    let resolved = resolve(&model.spec.model, previous.model.as_ref()).await?;
     let canary_resolved = match &model.spec.canary {
-        Some(c) => Some(source::resolve(&ctx.client, &ns, &c.model.uri).await?),
+        Some(c) => Some(resolve(&c.model, None).await?),
         None => None,
     };
     let before = deployments.get_opt(&name).await.during("get Deployment")?;
@@ -168,9 +188,10 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
             &health,
             previous.last_good_model.as_ref(),
             rollback.failed_stable.as_deref(),
+            version.registry.as_ref().and_then(|r| r.status.resolved_version.as_deref()),
         );
         if let StableChoice::LastGood { model: good, newly } = choice {
-            match source::resolve(&ctx.client, &ns, &good.uri).await? {
+            match resolve(&good, None).await? {
                 Ok((good_uri, good_version)) => {
                     if let Some(msg) = newly {
                         warn!(model = %name, namespace = %ns, %msg, "rolling back");
@@ -293,6 +314,8 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
         _ => None,
     };
     let rollback_status = (rollback != RollbackStatus::default()).then(|| rollback.clone());
+    let registry = resolved.as_ref().ok().and_then(|(_, v)| v.registry.as_ref());
+    let pinned = resolved.as_ref().ok().and_then(|(uri, v)| pinned_spec(&model.spec.model, uri, v));
     let observed = Observed {
         deployment: deployment.as_ref(),
         pods: &stable_pods,
@@ -303,6 +326,8 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
         traffic,
         rollback: rollback_status,
         gateway_problem: gateway_problem.as_deref(),
+        registry,
+        pinned: pinned.as_ref(),
     };
     let now = Time(jiff::Timestamp::now());
     let mut new_status = status::compute(model, &observed, &now);
@@ -311,13 +336,36 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
         return Ok(Action::requeue(REQUEUE_STALE));
     }
 
-    Ok(Action::requeue(if !status::is_ready(model, &new_status) {
+    let requeue = if !status::is_ready(model, &new_status) {
         REQUEUE_NOT_READY
     } else if autoscaled {
         REQUEUE_AUTOSCALED
     } else {
         REQUEUE_READY
-    }))
+    };
+    Ok(Action::requeue(requeue.min(registry_poll(ctx, model, registry))))
+}
+
+/// When to ask the tracking server again: every `pollSeconds` for an alias, sooner (with
+/// backoff, at most every `pollSeconds`) while it does not answer; never for a pinned version.
+fn registry_poll(ctx: &Context, model: &MLModel, registry: Option<&desired::RegistrySource>) -> Duration {
+    let is_alias = matches!(ModelUri::parse(&model.spec.model.uri), Ok(ModelUri::Registry(RegistryRef::Alias { .. })));
+    let poll = Duration::from_secs(model.spec.model.poll_seconds().max(1) as u64);
+    let Ok(mut failures) = ctx.registry_failures.lock() else { return poll };
+    match registry {
+        Some(r) if r.unavailable.is_some() => backoff(failures.record(model, std::time::Instant::now())).min(poll),
+        _ => {
+            failures.clear(model);
+            if is_alias { poll } else { Duration::MAX }
+        }
+    }
+}
+
+/// `model` with an MLflow alias replaced by the version it resolved to: what is recorded as the
+/// last good model, so a rollback returns to that version even after the alias moved on.
+fn pinned_spec(model: &ModelSpec, uri: &ModelUri, source: &SourceVersion) -> Option<ModelSpec> {
+    source.registry.as_ref()?;
+    Some(ModelSpec { uri: uri.to_string(), version: desired::served_version(model, source), ..model.clone() })
 }
 
 /// The canary this reconcile runs.

@@ -61,14 +61,16 @@ pub enum StableChoice {
 }
 
 /// Decides the stable track. `desired_hash` is the rollout hash of `spec.model`; `failed` is
-/// `status.rollback.failedStable`. A failure rolls back only when there is a last good model
-/// that differs from the spec (a first deploy that fails has nothing to go back to).
+/// `status.rollback.failedStable`; `resolved_version` is the MLflow version an alias in
+/// `spec.model.uri` points to, named in the message. A failure rolls back only when there is a
+/// last good model that differs from the spec (a first deploy that fails has nothing to go back to).
 pub fn stable_choice(
     spec_model: &ModelSpec,
     desired_hash: &str,
     health: &Health,
     last_good: Option<&ModelSpec>,
     failed: Option<&str>,
+    resolved_version: Option<&str>,
 ) -> StableChoice {
     let Some(good) = last_good.filter(|g| *g != spec_model) else {
         return StableChoice::Spec;
@@ -78,7 +80,11 @@ pub fn stable_choice(
     }
     match health {
         Health::Failed { reason, message } => {
-            let version = spec_model.version.as_deref().unwrap_or("the new model");
+            let version = match (&spec_model.version, resolved_version) {
+                (Some(v), _) => v.clone(),
+                (None, Some(r)) => format!("{} (version {r})", spec_model.uri),
+                (None, None) => "the new model".into(),
+            };
             let back = good.version.as_deref().unwrap_or("the last good model");
             StableChoice::LastGood {
                 model: good.clone(),

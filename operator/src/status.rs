@@ -4,19 +4,32 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use modelship_crds::condition::{CANARY_READY, DEGRADED, PROGRESSING, READY};
+use modelship_crds::condition::{CANARY_READY, DEGRADED, PROGRESSING, READY, REGISTRY};
 use modelship_crds::{CanarySpec, MLModel, MLModelStatus, ModelSpec, RollbackStatus, TrafficStatus};
 
 use crate::desired;
+use crate::registry::REGISTRY_UNAVAILABLE;
 use crate::rollback::Health;
 
 /// A problem with the model source that stops us from rolling out the current spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceProblem {
     InvalidReference(String),
-    ConfigMapNotFound { name: String },
-    ConfigMapKeyNotFound { name: String, key: String },
-    PvcNotFound { claim: String },
+    ConfigMapNotFound {
+        name: String,
+    },
+    ConfigMapKeyNotFound {
+        name: String,
+        key: String,
+    },
+    PvcNotFound {
+        claim: String,
+    },
+    /// An MLflow `models:/` or `runs:/` reference could not be resolved.
+    Registry {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 impl SourceProblem {
@@ -26,6 +39,7 @@ impl SourceProblem {
             Self::ConfigMapNotFound { .. } => "ConfigMapNotFound",
             Self::ConfigMapKeyNotFound { .. } => "ConfigMapKeyNotFound",
             Self::PvcNotFound { .. } => "PersistentVolumeClaimNotFound",
+            Self::Registry { reason, .. } => reason,
         }
     }
 
@@ -42,6 +56,7 @@ impl SourceProblem {
             Self::PvcNotFound { claim } => {
                 format!("PersistentVolumeClaim {claim:?} referenced by {field} does not exist")
             }
+            Self::Registry { message, .. } => format!("{field}: {message}"),
         }
     }
 }
@@ -185,6 +200,10 @@ pub struct Observed<'a> {
     pub rollback: Option<RollbackStatus>,
     /// Why the Gateway route could not be applied (the Gateway API is not installed).
     pub gateway_problem: Option<&'a str>,
+    /// For an MLflow `spec.model.uri`: what it resolved to, and whether the tracking server answered.
+    pub registry: Option<&'a desired::RegistrySource>,
+    /// `spec.model` with an MLflow alias pinned to its resolved version (the last good model to keep).
+    pub pinned: Option<&'a ModelSpec>,
 }
 
 /// What reconcile observed of the canary track.
@@ -347,6 +366,14 @@ pub fn compute(model: &MLModel, obs: &Observed<'_>, now: &Time) -> MLModelStatus
         }
     }
     conditions.splice(0..0, [ready, progressing, degraded]);
+    if let Some(r) = obs.registry {
+        conditions.push(match &r.unavailable {
+            Some(e) => c(REGISTRY, false, REGISTRY_UNAVAILABLE, format!("{e}; the running version keeps serving")),
+            None => c(REGISTRY, true, "Resolved", format!("{} resolved at {}", model.spec.model.uri, r.tracking_uri)),
+        });
+    } else if let Some(p @ SourceProblem::Registry { .. }) = obs.source_problem {
+        conditions.push(c(REGISTRY, false, p.reason(), p.message()));
+    }
 
     let (canary_version, canary_ready_replicas, canary_pods, canary_desired) = canary_fields;
     let all_ready = ready_replicas + canary_ready_replicas.unwrap_or(0);
@@ -359,7 +386,10 @@ pub fn compute(model: &MLModel, obs: &Observed<'_>, now: &Time) -> MLModelStatus
         updated_replicas: d_status.updated_replicas.unwrap_or(0),
         replica_summary: Some(format!("{all_ready}/{}", desired_replicas + canary_desired)),
         url: Some(desired::service_url(model)),
-        model_version: served.version.clone(),
+        model_version: served.version.clone().or_else(|| {
+            let r = obs.served.is_none().then_some(obs.registry).flatten()?;
+            r.status.resolved_version.clone()
+        }),
         selector: Some(desired::pod_selector_string(model)),
         stable_version: obs.canary.as_ref().and(served.version.clone()),
         stable_ready_replicas: obs.canary.as_ref().map(|_| ready_replicas),
@@ -367,11 +397,15 @@ pub fn compute(model: &MLModel, obs: &Observed<'_>, now: &Time) -> MLModelStatus
         canary_ready_replicas,
         traffic: obs.traffic.clone(),
         last_good_model: if stable_good {
-            Some(model.spec.model.clone())
+            Some(obs.pinned.unwrap_or(&model.spec.model).clone())
         } else {
             model.status.as_ref().and_then(|s| s.last_good_model.clone())
         },
         rollback: obs.rollback.clone(),
+        model: obs.registry.map(|r| r.status.clone()).or_else(|| {
+            // While the source is unusable, keep what the running pods were resolved from.
+            obs.source_problem.and(model.status.as_ref().and_then(|s| s.model.clone()))
+        }),
     }
 }
 

@@ -6,12 +6,12 @@ mod common;
 use common::{argocd_model, model, settings};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
-use modelship_crds::{ModelUri, labels};
+use modelship_crds::{ModelFormat, ModelUri, labels};
 use modelship_operator::desired::{self, MODEL_MOUNT, ServerPods, SourceVersion};
 
 fn build(m: &modelship_crds::MLModel) -> Deployment {
     let uri = ModelUri::parse(&m.spec.model.uri).expect("valid uri");
-    let source = SourceVersion { content_hash: Some("c0ffee".into()) };
+    let source = SourceVersion { content_hash: Some("c0ffee".into()), registry: None };
     desired::deployment(m, &ServerPods::stable(m, &uri, &source), &settings())
 }
 
@@ -50,6 +50,34 @@ fn configmap_source_is_mounted_read_only() {
     assert_eq!(arg_after(&d, "--model-version").unwrap(), "v1");
     assert_eq!(arg_after(&d, "--name").unwrap(), "iris");
     assert_eq!(args(&d)[0], "serve");
+}
+
+#[test]
+fn a_declared_format_becomes_the_model_format_flag_and_rolls_the_pods() {
+    let base = model("configmap://iris-sklearn/model.pkl");
+    assert_eq!(arg_after(&build(&base), "--model-format"), None, "absent: the server reads the file's signature");
+    let hash = |m: &modelship_crds::MLModel| {
+        desired::rollout_hash(
+            m,
+            &m.spec.model,
+            &settings(),
+            &SourceVersion { content_hash: Some("c1".into()), registry: None },
+        )
+    };
+    let mut hashes = vec![hash(&base)];
+    for (format, flag) in
+        [(ModelFormat::Linfa, "linfa"), (ModelFormat::Sklearn, "sklearn"), (ModelFormat::Onnx, "onnx")]
+    {
+        let mut m = base.clone();
+        m.spec.model.format = Some(format);
+        assert_eq!(arg_after(&build(&m), "--model-format").as_deref(), Some(flag));
+        hashes.push(hash(&m));
+    }
+    let distinct: std::collections::BTreeSet<_> = hashes.iter().collect();
+    assert_eq!(distinct.len(), hashes.len(), "each format (and none) rolls different pods: {hashes:?}");
+    let m: modelship_crds::MLModelSpec =
+        serde_json::from_value(serde_json::json!({"model": {"uri": "configmap://a/b", "format": "sklearn"}})).unwrap();
+    assert_eq!(m.model.format, Some(ModelFormat::Sklearn));
 }
 
 #[test]
@@ -158,7 +186,12 @@ fn pods_are_restricted_probed_and_roll_with_no_unavailability() {
 fn rollout_hash_changes_exactly_when_pods_must_change() {
     let base = model("configmap://iris-model/model.json");
     let hash = |m: &modelship_crds::MLModel, content: &str| {
-        desired::rollout_hash(m, &m.spec.model, &settings(), &SourceVersion { content_hash: Some(content.into()) })
+        desired::rollout_hash(
+            m,
+            &m.spec.model,
+            &settings(),
+            &SourceVersion { content_hash: Some(content.into()), registry: None },
+        )
     };
     let h0 = hash(&base, "c1");
     assert_eq!(h0, hash(&base.clone(), "c1"), "deterministic");
@@ -290,7 +323,12 @@ fn server_limits_become_exactly_the_flags_that_are_set() {
 fn a_limits_change_rolls_the_pods() {
     let base = model("configmap://iris-model/model.json");
     let hash = |m: &modelship_crds::MLModel| {
-        desired::rollout_hash(m, &m.spec.model, &settings(), &SourceVersion { content_hash: Some("c1".into()) })
+        desired::rollout_hash(
+            m,
+            &m.spec.model,
+            &settings(),
+            &SourceVersion { content_hash: Some("c1".into()), registry: None },
+        )
     };
     let mut limited = base.clone();
     limited.spec.server = serde_json::from_value(serde_json::json!({"limits": {"maxRows": 64}})).unwrap();

@@ -114,7 +114,7 @@ fn a_failed_stable_version_rolls_back_to_the_last_good_model() {
     let (v1, v2) = (model_spec("v1"), model_spec("v2"));
     let failed =
         Health::Failed { reason: "CrashLoopBackOff".into(), message: "1 server container(s) cannot start".into() };
-    match rollback::stable_choice(&v2, "h2", &failed, Some(&v1), None) {
+    match rollback::stable_choice(&v2, "h2", &failed, Some(&v1), None, None) {
         StableChoice::LastGood { model, newly: Some(msg) } => {
             assert_eq!(model, v1);
             assert!(msg.contains("v2 failed (CrashLoopBackOff") && msg.contains("rolled back to v1"), "{msg}");
@@ -123,20 +123,28 @@ fn a_failed_stable_version_rolls_back_to_the_last_good_model() {
     }
     // Once recorded, it stays rolled back, even while the failed pods are gone.
     assert_eq!(
-        rollback::stable_choice(&v2, "h2", &Health::Progressing, Some(&v1), Some("h2")),
+        rollback::stable_choice(&v2, "h2", &Health::Progressing, Some(&v1), Some("h2"), None),
         StableChoice::LastGood { model: v1.clone(), newly: None }
     );
     // A new spec (another hash) is tried again.
     assert_eq!(
-        rollback::stable_choice(&model_spec("v3"), "h3", &Health::Progressing, Some(&v1), Some("h2")),
+        rollback::stable_choice(&model_spec("v3"), "h3", &Health::Progressing, Some(&v1), Some("h2"), None),
         StableChoice::Spec
     );
     // Nothing to go back to: the first version, or the last good one is the spec itself.
-    assert_eq!(rollback::stable_choice(&v2, "h2", &failed, None, None), StableChoice::Spec);
-    assert_eq!(rollback::stable_choice(&v1, "h1", &failed, Some(&v1), None), StableChoice::Spec);
+    assert_eq!(rollback::stable_choice(&v2, "h2", &failed, None, None, None), StableChoice::Spec);
+    assert_eq!(rollback::stable_choice(&v1, "h1", &failed, Some(&v1), None, None), StableChoice::Spec);
+    // An MLflow alias that moved to a failing version: the message names the alias and the version.
+    let alias = ModelSpec { uri: "models:/iris@champion".into(), version: None, ..v2.clone() };
+    match rollback::stable_choice(&alias, "h4", &failed, Some(&v1), None, Some("4")) {
+        StableChoice::LastGood { newly: Some(msg), .. } => {
+            assert!(msg.starts_with("models:/iris@champion (version 4) failed (CrashLoopBackOff"), "{msg}");
+        }
+        other => panic!("expected a rollback, got {other:?}"),
+    }
     // Healthy or still rolling out: the spec.
-    assert_eq!(rollback::stable_choice(&v2, "h2", &Health::Progressing, Some(&v1), None), StableChoice::Spec);
-    assert_eq!(rollback::stable_choice(&v2, "h2", &Health::Available, Some(&v1), None), StableChoice::Spec);
+    assert_eq!(rollback::stable_choice(&v2, "h2", &Health::Progressing, Some(&v1), None, None), StableChoice::Spec);
+    assert_eq!(rollback::stable_choice(&v2, "h2", &Health::Available, Some(&v1), None, None), StableChoice::Spec);
 }
 
 #[test]

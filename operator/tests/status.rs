@@ -398,3 +398,54 @@ mod canary_and_rollback {
         assert_eq!(st.last_good_model, Some(old));
     }
 }
+
+#[test]
+fn an_mlflow_alias_records_its_version_and_the_registry_condition() {
+    use modelship_crds::ResolvedModelStatus;
+    use modelship_operator::desired::RegistrySource;
+    let mut m = model("models:/iris@champion");
+    m.spec.model.version = None;
+    let d = deploy(2, 2, 1, 1, 1, 1);
+    let resolved = ResolvedModelStatus {
+        uri: "models:/iris@champion".into(),
+        resolved_version: Some("2".into()),
+        source: Some("mlflow-artifacts:/0/models/m-1/artifacts".into()),
+        flavor: Some("sklearn".into()),
+    };
+    let source =
+        RegistrySource { tracking_uri: "http://mlflow:5000".into(), status: resolved.clone(), unavailable: None };
+    let pinned =
+        modelship_crds::ModelSpec { uri: "models:/iris/2".into(), version: Some("2".into()), ..m.spec.model.clone() };
+    let obs = |r| Observed {
+        deployment: Some(&d),
+        pods: &[],
+        registry: Some(r),
+        pinned: Some(&pinned),
+        ..Default::default()
+    };
+    let s = status::compute(&m, &obs(&source), &now());
+    assert_eq!(cond(&s, READY), ("True", "Available"));
+    assert_eq!(cond(&s, "RegistryAvailable"), ("True", "Resolved"));
+    assert_eq!(s.model.as_ref(), Some(&resolved));
+    assert_eq!(s.model_version.as_deref(), Some("2"), "the VERSION column shows the registry version");
+    // A rollback must return to this version, not to wherever the alias points by then.
+    assert_eq!(s.last_good_model.as_ref().map(|g| g.uri.as_str()), Some("models:/iris/2"));
+
+    let down = RegistrySource {
+        unavailable: Some("MLflow tracking server unavailable at http://mlflow:5000: refused".into()),
+        ..source.clone()
+    };
+    let s = status::compute(&m, &obs(&down), &now());
+    assert_eq!(cond(&s, READY), ("True", "Available"), "the running version keeps serving");
+    assert_eq!(cond(&s, "RegistryAvailable"), ("False", "RegistryUnavailable"));
+    assert!(s.condition("RegistryAvailable").unwrap().message.contains("http://mlflow:5000"));
+
+    let problem =
+        SourceProblem::Registry { reason: "RegistryCredentialsRefused", message: "refused the credentials".into() };
+    let s = status::compute(
+        &m,
+        &Observed { deployment: Some(&d), source_problem: Some(&problem), ..Default::default() },
+        &now(),
+    );
+    assert_eq!(cond(&s, DEGRADED), ("True", "RegistryCredentialsRefused"));
+}

@@ -66,9 +66,12 @@ pub enum Estimator {
     LogisticRegression(MultiFittedLogisticRegression<f64, usize>),
     DecisionTree(DecisionTree<f64, usize>),
     LinearRegression(FittedLinearRegression<f64>),
-    /// A scikit-learn model read from a pickle or joblib file (never written as JSON).
+    /// A scikit-learn model read from a pickle, joblib or skops file (never written as JSON).
     #[serde(skip)]
     Sklearn(Box<crate::sklearn::SklearnModel>),
+    /// An ONNX graph run with tract (never written as JSON).
+    #[serde(skip)]
+    Onnx(Box<crate::onnx::OnnxModel>),
 }
 
 impl Estimator {
@@ -79,12 +82,14 @@ impl Estimator {
             Self::DecisionTree(_) => "decision_tree",
             Self::LinearRegression(_) => "linear_regression",
             Self::Sklearn(_) => "sklearn",
+            Self::Onnx(_) => "onnx",
         }
     }
 
     pub fn is_classifier(&self) -> bool {
         match self {
             Self::Sklearn(m) => m.is_classifier(),
+            Self::Onnx(m) => m.label_output().is_some(),
             other => !matches!(other, Self::LinearRegression(_)),
         }
     }
@@ -93,6 +98,7 @@ impl Estimator {
     pub fn has_proba(&self) -> bool {
         match self {
             Self::Sklearn(m) => m.has_proba(),
+            Self::Onnx(m) => m.proba_output().is_some(),
             other => matches!(other, Self::LogisticRegression(_)),
         }
     }
@@ -223,6 +229,7 @@ impl Artifact {
                     return bad("the scikit-learn model does not match its metadata".into());
                 }
             }
+            Estimator::Onnx(_) => return bad("an ONNX model is never read from a JSON artifact".into()),
         }
         if !self.feature_stats.is_empty() && self.feature_stats.len() != n {
             return bad("feature statistics do not match the features".into());

@@ -1,15 +1,17 @@
 //! Batch scoring of CSV files with bounded memory (what `modelship-server batch` and batch Jobs run).
 //!
 //! Rows stream through in chunks of `chunk_rows`: memory is one chunk, whatever the file size.
+//! Each chunk is scored on `threads` threads, a slice of its rows each; the `prediction` column is
+//! what `/predict` answers (a scikit-learn classifier's labels themselves).
 
 use std::fmt;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2, Axis};
 
-use crate::model::{Model, Predictions};
+use crate::model::{InputError, Model, Predictions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -62,11 +64,64 @@ fn feature_columns(model: &Model, headers: &csv::StringRecord) -> Result<Vec<usi
     }
 }
 
+/// How a batch run goes.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOptions {
+    /// Rows read, scored and written at a time.
+    pub chunk_rows: usize,
+    /// Threads scoring a chunk (0: as many as this process may use, cgroup CPU limits included).
+    pub threads: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        Self { chunk_rows: 8192, threads: 0 }
+    }
+}
+
+/// Fewer rows than this per thread are scored on the calling thread.
+const MIN_ROWS_PER_THREAD: usize = 256;
+
+/// Predicts `x` on up to `threads` threads, a contiguous slice of rows each, in row order. A
+/// failure names the first row of the slice it came from.
+fn predict_split(model: &Model, x: ArrayView2<'_, f64>, threads: usize) -> Result<Predictions, (usize, InputError)> {
+    let per = x.nrows().div_ceil(threads.max(1)).max(MIN_ROWS_PER_THREAD);
+    if per >= x.nrows() {
+        return model.predict(x).map_err(|e| (0, e));
+    }
+    let parts: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> =
+            x.axis_chunks_iter(Axis(0), per).map(|part| s.spawn(move || model.predict(part))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    let mut out: Option<Predictions> = None;
+    for (k, part) in parts.into_iter().enumerate() {
+        let part = part.map_err(|e| (k * per, e))?;
+        match (&mut out, part) {
+            (None, p) => out = Some(p),
+            (Some(Predictions::Classes(a)), Predictions::Classes(b)) => a.extend(b),
+            (Some(Predictions::Values(a)), Predictions::Values(b)) => a.extend(b),
+            (Some(_), _) => {
+                return Err((
+                    k * per,
+                    InputError::Run("the model answered classes for some rows and values for others".into()),
+                ));
+            }
+        }
+    }
+    out.ok_or((0, InputError::Empty))
+}
+
 /// Scores `input` into `output`: every input column, then `prediction`.
-pub fn score_csv(model: &Model, input: &Path, output: &Path, chunk_rows: usize) -> Result<BatchReport, BatchError> {
+pub fn score_csv(model: &Model, input: &Path, output: &Path, opts: BatchOptions) -> Result<BatchReport, BatchError> {
     let in_err = |source| BatchError::Csv { path: input.display().to_string(), source };
     let out_err = |source| BatchError::Csv { path: output.display().to_string(), source };
-    let chunk_rows = chunk_rows.max(1);
+    let chunk_rows = opts.chunk_rows.max(1);
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let labels = model.labels();
     let mut reader = csv::ReaderBuilder::new().buffer_capacity(1 << 20).from_path(input).map_err(in_err)?;
     let mut writer = csv::WriterBuilder::new().buffer_capacity(1 << 20).from_path(output).map_err(out_err)?;
     let headers = reader.byte_headers().map_err(in_err)?.clone();
@@ -103,21 +158,22 @@ pub fn score_csv(model: &Model, input: &Path, output: &Path, chunk_rows: usize) 
         if chunk.len() == chunk_rows || (!more && !chunk.is_empty()) {
             let x = Array2::from_shape_vec((chunk.len(), n), std::mem::take(&mut values))
                 .map_err(|e| BatchError::Input(e.to_string()))?;
-            let predictions = model
-                .predict(x.view())
-                .map_err(|e| BatchError::Input(format!("rows {}-{}: {e}", rows + 2, rows + 1 + chunk.len() as u64)))?;
+            let predictions = predict_split(model, x.view(), threads).map_err(|(first, e)| {
+                // CSV line numbers: the header is line 1.
+                let from = rows + 2 + first as u64;
+                BatchError::Input(format!("rows {from}-{}: {e}", rows + 1 + chunk.len() as u64))
+            })?;
             for (i, rec) in chunk.iter_mut().enumerate() {
+                use std::fmt::Write;
                 text.clear();
-                match &predictions {
-                    Predictions::Classes(c) => {
-                        use std::fmt::Write;
-                        let _ = write!(text, "{}", c[i]);
-                    }
-                    Predictions::Values(v) => {
-                        use std::fmt::Write;
-                        let _ = write!(text, "{}", v[i]);
-                    }
-                }
+                let _ = match (&predictions, labels) {
+                    (Predictions::Classes(c), Some(labels)) => match labels.get(c[i]) {
+                        Some(label) => write!(text, "{label}"),
+                        None => write!(text, "{}", c[i]),
+                    },
+                    (Predictions::Classes(c), None) => write!(text, "{}", c[i]),
+                    (Predictions::Values(v), _) => write!(text, "{}", v[i]),
+                };
                 rec.push_field(text.as_bytes());
                 writer.write_byte_record(rec).map_err(out_err)?;
             }

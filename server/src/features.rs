@@ -116,6 +116,10 @@ impl<'de> Visitor<'de> for ElemSeed<'_> {
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Elem, E> {
         Ok(Elem::Num(v as f64))
     }
+    /// `null` is a missing value; the model decides whether it takes one (`Model::check`).
+    fn visit_unit<E: de::Error>(self) -> Result<Elem, E> {
+        Ok(Elem::Num(f64::NAN))
+    }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Elem, A::Error> {
         let start = self.out.len();
         while let Some(v) = seq.next_element::<Num>()? {
@@ -134,7 +138,7 @@ impl<'de> de::Deserialize<'de> for Num {
         impl Visitor<'_> for V {
             type Value = Num;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a number")
+                f.write_str("a number or null")
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Num, E> {
                 finite(v).map(Num)
@@ -144,6 +148,9 @@ impl<'de> de::Deserialize<'de> for Num {
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Num, E> {
                 Ok(Num(v as f64))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Num, E> {
+                Ok(Num(f64::NAN))
             }
         }
         d.deserialize_any(V)
@@ -261,6 +268,14 @@ mod tests {
         // The error comes at the 7th value, not after the rest is read: garbage after it is never seen.
         let err = rows_from_object(br#"{"features":[1,2,3,4,5,6,7,"#, "features", budget).unwrap_err();
         assert!(err.contains("exceed the limit"), "{err}");
+    }
+
+    #[test]
+    fn null_is_a_missing_value() {
+        let r = rows_from_object(br#"{"features":[[1,null],[null,4]]}"#, "features", BUDGET).unwrap();
+        assert!(r.matrix[[0, 1]].is_nan() && r.matrix[[1, 0]].is_nan());
+        let r = rows_from_object(br#"{"features":[null,2]}"#, "features", BUDGET).unwrap();
+        assert!(r.single && r.matrix[[0, 0]].is_nan());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::ApiError;
 use crate::features::{Budget, rows_from_object};
 use crate::metrics::{HttpLabels, Metrics};
-use crate::model::{Model, Predictions};
+use crate::model::{Model, Predictions, Shown};
 
 /// Response header naming the model that served a prediction.
 pub const MODEL_NAME_HEADER: HeaderName = HeaderName::from_static("x-model-name");
@@ -153,36 +153,43 @@ impl AppState {
     }
 }
 
-/// A prediction request's admission: its concurrency permit and its deadline.
+/// A prediction request's admission: its concurrency permit, held until the request's work ends.
 #[derive(Clone)]
 pub(crate) struct Admission {
     /// Shared with work moved to the blocking pool, so the permit is held until that work ends
     /// even when the request has already timed out.
-    permit: Arc<OwnedSemaphorePermit>,
-    deadline: tokio::time::Instant,
+    held: Arc<Held>,
+}
+
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    /// Whether the whole body has arrived: a request timing out before then gets a 408.
+    body_read: AtomicBool,
 }
 
 /// Admits a prediction request if a permit is free (503 + `Retry-After` otherwise, never a
-/// queue), and bounds it by the request timeout. Every prediction handler is wrapped in it.
+/// queue), and bounds it by the request timeout: one timer for the whole request, reading the
+/// body included (408 if the body had not arrived by then, 503 if the work had not finished).
+/// Every prediction handler is wrapped in it.
 pub(crate) async fn admit(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let Ok(permit) = state.admission.clone().try_acquire_owned() else {
         return ApiError::Busy(state.limits.max_concurrent_requests).into_response();
     };
     let timeout = state.limits.request_timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
-    req.extensions_mut().insert(Admission { permit: Arc::new(permit), deadline });
-    match tokio::time::timeout_at(deadline, next.run(req)).await {
+    let held = Arc::new(Held { _permit: permit, body_read: AtomicBool::new(false) });
+    req.extensions_mut().insert(Admission { held: held.clone() });
+    match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(resp) => resp,
+        Err(_) if !held.body_read.load(Ordering::Acquire) => ApiError::BodyTimeout(timeout).into_response(),
         Err(_) => ApiError::Timeout(timeout).into_response(),
     }
 }
 
-/// The request body, which must arrive before the admission deadline (408 otherwise).
+/// The request body (bounded in time by [`admit`]'s timeout, which answers 408 while it is read).
 pub(crate) async fn read_body(state: &AppState, admission: &Admission, req: Request) -> Result<Bytes, ApiError> {
-    match tokio::time::timeout_at(admission.deadline, Bytes::from_request(req, &())).await {
-        Ok(body) => body_bytes(state, body),
-        Err(_) => Err(ApiError::BodyTimeout(state.limits.request_timeout)),
-    }
+    let body = Bytes::from_request(req, &()).await;
+    admission.held.body_read.store(true, Ordering::Release);
+    body_bytes(state, body)
 }
 
 /// Runs `work` (parse and predict a body of `body_len` bytes) inline for small bodies and on the
@@ -201,7 +208,7 @@ where
         return work();
     }
     let core = state.heavy.clone().acquire_owned().await.map_err(|_| ApiError::Internal)?;
-    let permit = admission.permit.clone();
+    let permit = admission.held.clone();
     // Both permits move into the task: a timed-out request's work still counts until it ends.
     tokio::task::spawn_blocking(move || {
         let _held = (permit, core);
@@ -285,7 +292,7 @@ struct PredictQuery {
 
 #[derive(Serialize)]
 struct PredictResponse<'a> {
-    prediction: Predictions,
+    prediction: Shown<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     labels: Option<Vec<&'a str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -314,6 +321,7 @@ fn run_prediction<'m>(
         _ => None,
     };
     let classes = proba.then(|| model.class_names());
+    let prediction = Shown { predictions: prediction, labels: model.labels() };
     Ok(PredictResponse { prediction, labels, probabilities, classes })
 }
 

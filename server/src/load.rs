@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use crate::artifact::{Artifact, ArtifactError};
+use crate::sklearn::format::DeclaredFormat;
 
 /// Why a model could not be loaded; the server prints this on one line and exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,15 @@ pub enum LoadError {
     UnverifiedHttp(String),
     #[error(transparent)]
     ModelFile(#[from] crate::sklearn::format::ModelFileError),
+    #[error(transparent)]
+    Mlflow(#[from] crate::mlflow::MlflowLoadError),
+}
+
+/// Credentials sent with a download (MLflow's basic auth or bearer token).
+#[derive(Clone)]
+pub enum HttpAuth {
+    Basic { username: String, password: String },
+    Bearer(String),
 }
 
 /// Default of `--max-model-bytes`.
@@ -44,7 +54,7 @@ fn has_scheme(source: &str, scheme: &str) -> bool {
 /// Reads at most `max_bytes` of artifact from `source`.
 pub async fn fetch(source: &str, max_bytes: u64) -> Result<Vec<u8>, LoadError> {
     if has_scheme(source, "http://") || has_scheme(source, "https://") {
-        return download(source, max_bytes).await;
+        return download(source, max_bytes, None).await;
     }
     let path = source.strip_prefix("file://").unwrap_or(source);
     read_file(path, max_bytes).await
@@ -78,7 +88,8 @@ pub fn redirect_allowed(previous: &[reqwest::Url], next: &reqwest::Url) -> Resul
     Ok(())
 }
 
-async fn download(url: &str, max_bytes: u64) -> Result<Vec<u8>, LoadError> {
+/// Downloads at most `max_bytes` from `url`, with `auth` if given.
+pub async fn download(url: &str, max_bytes: u64, auth: Option<&HttpAuth>) -> Result<Vec<u8>, LoadError> {
     let err = |reason: String| LoadError::Download { url: url.to_string(), reason };
     let too_large = || LoadError::TooLarge { from: url.to_string(), limit: max_bytes };
     let policy =
@@ -92,7 +103,12 @@ async fn download(url: &str, max_bytes: u64) -> Result<Vec<u8>, LoadError> {
         .redirect(policy)
         .build()
         .map_err(|e| err(e.to_string()))?;
-    let mut resp = client.get(url).send().await.map_err(|e| err(format!("{e:#}")))?;
+    let request = match auth {
+        Some(HttpAuth::Basic { username, password }) => client.get(url).basic_auth(username, Some(password)),
+        Some(HttpAuth::Bearer(token)) => client.get(url).bearer_auth(token),
+        None => client.get(url),
+    };
+    let mut resp = request.send().await.map_err(|e| err(format!("{e:#}")))?;
     if !resp.status().is_success() {
         return Err(err(format!("HTTP status {}", resp.status())));
     }
@@ -130,14 +146,29 @@ pub fn verify(bytes: &[u8], expected: Option<&str>) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Fetches (at most `max_bytes`), verifies and parses an artifact.
+/// Fetches (at most `max_bytes`), verifies and parses an artifact of any format.
 pub async fn load(source: &str, sha256: Option<&str>, max_bytes: u64) -> Result<Artifact, LoadError> {
+    load_declared(source, sha256, max_bytes, None).await
+}
+
+/// Like [`load`], refusing a file that is not of the `declared` format. `max_bytes` bounds the
+/// file as fetched and, for a compressed joblib file, as expanded.
+pub async fn load_declared(
+    source: &str,
+    sha256: Option<&str>,
+    max_bytes: u64,
+    declared: Option<DeclaredFormat>,
+) -> Result<Artifact, LoadError> {
     if sha256.is_none() && has_scheme(source, "http://") {
         return Err(LoadError::UnverifiedHttp(source.to_string()));
     }
     let bytes = fetch(source, max_bytes).await?;
     verify(&bytes, sha256)?;
-    Ok(crate::sklearn::format::read_artifact(&bytes)?)
+    let limits = crate::sklearn::Limits {
+        max_file_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+        ..Default::default()
+    };
+    Ok(crate::sklearn::format::read_declared(&bytes, declared, &limits)?)
 }
 
 #[cfg(test)]
@@ -166,6 +197,20 @@ mod tests {
         let e = load("HTTP://127.0.0.1:9/m.json", None, 1024).await.expect_err("refused");
         assert!(matches!(e, LoadError::UnverifiedHttp(_)), "{e}");
         assert!(e.to_string().contains("give --sha256"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_model_byte_cap_also_bounds_decompression() {
+        use std::io::Write;
+        let path = std::env::temp_dir().join(format!("modelship-load-zcap-{}", std::process::id()));
+        // 2,000 zeros compress to a few bytes: the file is far under the cap, its contents are not.
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(3));
+        z.write_all(&[0; 2000]).expect("compress");
+        std::fs::write(&path, z.finish().expect("compress")).expect("write");
+        let p = path.to_str().expect("utf-8 path");
+        let e = load_declared(p, None, 1024, None).await.expect_err("expands past the cap");
+        assert!(e.to_string().contains("larger than the limit of 1024 bytes"), "{e}");
+        std::fs::remove_file(&path).ok();
     }
 
     #[tokio::test]

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use modelship_server::http::{AppState, Limits, app};
 use modelship_server::serve::{ConnectionLimits, serve};
-use modelship_server::{Model, batch, load, train};
+use modelship_server::sklearn::format::DeclaredFormat;
+use modelship_server::{Model, batch, load, mlflow, train};
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -24,13 +25,22 @@ struct Cli {
 enum Command {
     /// Load a model and serve it over HTTP.
     Serve {
-        /// Model artifact: a path, file:///PATH, http://... or https://...
+        /// Model artifact: a path, file:///PATH, http://... or https://..., or an MLflow model
+        /// (models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH; see --mlflow-tracking-uri)
         #[arg(long, env = "MODELSHIP_MODEL")]
         model: String,
+        /// MLflow tracking server of a models:/ or runs:/ model. Credentials come from
+        /// MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN.
+        #[arg(long, env = "MLFLOW_TRACKING_URI")]
+        mlflow_tracking_uri: Option<String>,
         /// Expected SHA-256 of the artifact (64 hex digits); required for an http:// model,
         /// optional for https:// and files.
         #[arg(long, env = "MODELSHIP_MODEL_SHA256")]
         sha256: Option<String>,
+        /// The model's declared format; the file's own signature must agree (default: whatever
+        /// the signature says).
+        #[arg(long, value_enum, env = "MODELSHIP_MODEL_FORMAT")]
+        model_format: Option<DeclaredFormat>,
         /// Name the model is served under (default: the name it was trained under).
         #[arg(long, env = "MODELSHIP_MODEL_NAME")]
         name: Option<String>,
@@ -67,7 +77,8 @@ enum Command {
         #[arg(long, default_value_t = ConnectionLimits::default().max_connections, env = "MODELSHIP_MAX_CONNECTIONS",
               value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         max_connections: usize,
-        /// Largest model artifact in bytes; a bigger file or download is refused before it is read.
+        /// Largest model artifact in bytes, as fetched and as decompressed (a joblib file); a
+        /// bigger file or download is refused before it is read.
         #[arg(long, default_value_t = load::DEFAULT_MAX_MODEL_BYTES, env = "MODELSHIP_MAX_MODEL_BYTES")]
         max_model_bytes: u64,
         /// On SIGTERM, report not-ready and keep serving this long before draining (lets
@@ -108,6 +119,9 @@ enum Command {
         /// Rows scored per chunk.
         #[arg(long, default_value_t = 8192)]
         chunk_rows: usize,
+        /// Threads scoring each chunk (0: as many CPUs as this process may use, container limits included).
+        #[arg(long, env = "MODELSHIP_BATCH_THREADS", default_value_t = 0)]
+        threads: usize,
     },
     /// Print an artifact's metadata.
     Inspect { file: PathBuf },
@@ -135,10 +149,23 @@ fn main() {
     }
 }
 
+/// Where the kubelet reads a terminated container's message (the pod's `terminationMessagePath`).
+const TERMINATION_LOG: &str = "/dev/termination-log";
+
 /// Prints a one-line reason and exits non-zero (so a pod crash-loops with a clear message).
+///
+/// The reason also goes to the termination log when it exists (the kubelet creates it in a
+/// pod), so the pod status carries exactly this line rather than the last log lines, whose
+/// timestamps would change the operator's condition message on every restart.
 fn fail(reason: String) -> ! {
     error!(%reason, "modelship-server failed");
     eprintln!("modelship-server: {reason}");
+    let path = std::env::var_os("MODELSHIP_TERMINATION_LOG").map_or_else(|| TERMINATION_LOG.into(), PathBuf::from);
+    // Only an existing file: outside a pod, never create one under /dev.
+    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).truncate(true).open(&path) {
+        use std::io::Write;
+        let _ = writeln!(f, "modelship-server: {reason}");
+    }
     std::process::exit(1)
 }
 
@@ -146,7 +173,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve {
             model,
+            mlflow_tracking_uri,
             sha256,
+            model_format,
             name,
             model_version,
             host,
@@ -179,7 +208,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 let state = state.clone();
                 tokio::spawn(async move {
                     let start = Instant::now();
-                    match load::load(&model, sha256.as_deref(), max_model_bytes).await {
+                    let loaded = if mlflow::is_mlflow_uri(&model) {
+                        let auth = mlflow::auth_from_env();
+                        mlflow::load(&model, mlflow_tracking_uri.as_deref(), auth.as_ref(), max_model_bytes).await
+                    } else {
+                        load::load_declared(&model, sha256.as_deref(), max_model_bytes, model_format).await
+                    };
+                    match loaded {
                         Ok(artifact) => {
                             let m = Model::new(artifact, name, model_version);
                             let secs = start.elapsed().as_secs_f64();
@@ -226,19 +261,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Batch { model, sha256, input, output, chunk_rows } => {
+        Command::Batch { model, sha256, input, output, chunk_rows, threads } => {
             let artifact = load::load(&model, sha256.as_deref(), load::DEFAULT_MAX_MODEL_BYTES).await?;
             let model = Model::new(artifact, None, None);
-            let report =
-                tokio::task::spawn_blocking(move || batch::score_csv(&model, &input, &output, chunk_rows)).await??;
+            let report = tokio::task::spawn_blocking(move || {
+                batch::score_csv(&model, &input, &output, batch::BatchOptions { chunk_rows, threads })
+            })
+            .await??;
             println!("{report}");
             Ok(())
         }
         Command::Inspect { file } => {
             let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let artifact = modelship_server::sklearn::format::read_artifact(&bytes)?;
-            if let modelship_server::artifact::Estimator::Sklearn(m) = &artifact.estimator {
-                let mut meta = m.describe();
+            let described = match &artifact.estimator {
+                modelship_server::artifact::Estimator::Sklearn(m) => Some(m.describe()),
+                modelship_server::artifact::Estimator::Onnx(m) => Some(m.describe()),
+                _ => None,
+            };
+            if let Some(mut meta) = described {
                 meta["sha256"] = load::sha256_hex(&bytes).into();
                 println!("{}", serde_json::to_string_pretty(&meta)?);
                 return Ok(());

@@ -4,6 +4,7 @@ use linfa::prelude::Predict;
 use ndarray::{Array1, Array2, ArrayView2};
 
 use crate::artifact::{Artifact, Estimator};
+use crate::sklearn::Label;
 
 /// A model ready to serve, with the name and version it is served under.
 #[derive(Debug)]
@@ -36,6 +37,22 @@ impl Predictions {
     }
 }
 
+/// Predictions as the API answers them: class labels for a scikit-learn classifier, else as is.
+pub struct Shown<'a> {
+    pub predictions: Predictions,
+    pub labels: Option<&'a [Label]>,
+}
+
+impl serde::Serialize for Shown<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (&self.predictions, self.labels) {
+            // Ids come from the model's own predict, so they index `classes_`.
+            (Predictions::Classes(ids), Some(labels)) => s.collect_seq(ids.iter().map(|&i| labels.get(i))),
+            (p, _) => p.serialize(s),
+        }
+    }
+}
+
 /// Why a set of rows cannot be predicted.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum InputError {
@@ -45,8 +62,22 @@ pub enum InputError {
     Empty,
     #[error("{got} rows exceed the limit of {limit} rows per request")]
     TooManyRows { got: usize, limit: usize },
-    #[error("feature values must be finite numbers")]
-    NotFinite,
+    #[error("row {row}, feature {feature}: feature values must be finite numbers")]
+    NotFinite { row: usize, feature: String },
+    /// A missing value (JSON `null`, NaN) for a model that cannot take one.
+    #[error(
+        "row {row}, feature {feature}: missing value (null or NaN), but this model takes only finite numbers \
+         (HistGradientBoosting models and pipelines with a SimpleImputer take missing values)"
+    )]
+    Missing { row: usize, feature: String },
+    /// An ONNX model whose inputs are not one 2-D numeric tensor.
+    #[error(
+        "the classic API needs a model with one 2-D numeric input of fixed width; this model takes {0}: use V2 infer"
+    )]
+    NotTabular(String),
+    /// The ONNX runtime refused the rows.
+    #[error("the model could not run on these rows: {0}")]
+    Run(String),
     #[error("probabilities are not available for {0} models")]
     NoProbabilities(&'static str),
     /// Finite inputs so far outside the model's range that the arithmetic overflowed.
@@ -75,8 +106,18 @@ impl Model {
         &self.artifact.class_names
     }
 
+    fn onnx(&self) -> Option<&crate::onnx::OnnxModel> {
+        match &self.artifact.estimator {
+            Estimator::Onnx(m) => Some(m),
+            _ => None,
+        }
+    }
+
     /// Checks rows against the model before predicting, so linfa's shape assertions never fire.
     pub fn check(&self, rows: ArrayView2<'_, f64>, limit: usize) -> Result<(), InputError> {
+        if let Some(e) = self.onnx().and_then(crate::onnx::OnnxModel::tabular_error) {
+            return Err(e);
+        }
         if rows.nrows() == 0 {
             return Err(InputError::Empty);
         }
@@ -86,10 +127,31 @@ impl Model {
         if rows.nrows() > limit {
             return Err(InputError::TooManyRows { got: rows.nrows(), limit });
         }
-        if rows.iter().any(|v| !v.is_finite()) {
-            return Err(InputError::NotFinite);
+        let nan_ok = self.handles_nan();
+        if let Some(((row, col), v)) = rows.indexed_iter().find(|(_, v)| !(v.is_finite() || nan_ok && v.is_nan())) {
+            let feature = self.artifact.feature_names.get(col).cloned().unwrap_or_else(|| col.to_string());
+            return Err(if v.is_nan() {
+                InputError::Missing { row, feature }
+            } else {
+                InputError::NotFinite { row, feature }
+            });
         }
         Ok(())
+    }
+
+    /// Whether rows may carry NaN as "missing" (some scikit-learn models; never linfa ones).
+    pub fn handles_nan(&self) -> bool {
+        matches!(&self.artifact.estimator, Estimator::Sklearn(m) if m.handles_nan())
+    }
+
+    /// `classes_` of a scikit-learn classifier, which predictions are answered with (ints or
+    /// strings, as scikit-learn's `predict` returns them); `None` for linfa models, which
+    /// answer with class ids.
+    pub fn labels(&self) -> Option<&[Label]> {
+        match &self.artifact.estimator {
+            Estimator::Sklearn(m) if m.is_classifier() => Some(m.classes()),
+            _ => None,
+        }
     }
 
     /// Predicts checked rows (see [`Model::check`]); an overflow to NaN or infinity is an error,
@@ -137,6 +199,7 @@ impl Model {
                 },
                 Err(_) => Err(InputError::FeatureCount { expected: self.n_features(), got: rows.ncols() }),
             },
+            Estimator::Onnx(m) => m.predict_rows(rows),
         }
     }
 
@@ -156,6 +219,7 @@ impl Model {
                 Ok(out)
             }
             Estimator::Sklearn(m) => m.predict_proba(rows).map_err(|_| InputError::NoProbabilities(m.class())),
+            Estimator::Onnx(m) => m.predict_proba_rows(rows),
             other => Err(InputError::NoProbabilities(other.algorithm())),
         }
     }

@@ -12,11 +12,13 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::artifact::Estimator;
 use crate::error::ApiError;
 use crate::features::{Budget, Rows};
 use crate::http::{Admission, AppState, admit, json_from_model, offload, read_body};
 use crate::infer_request::{self, InputTensor};
 use crate::model::{Model, Predictions};
+use crate::sklearn::Label;
 
 /// Output tensor of predicted classes or values.
 const PREDICT: &str = "predict";
@@ -55,8 +57,41 @@ fn lookup<'a>(state: &'a AppState, name: &str, version: Option<&str>) -> Result<
     }
 }
 
+/// The `predict` output's datatype: a scikit-learn classifier's labels keep their type (BYTES
+/// for strings, or for labels of mixed types); linfa classifiers answer class ids.
 fn predict_datatype(model: &Model) -> &'static str {
-    if model.artifact.estimator.is_classifier() { "INT64" } else { "FP64" }
+    let Some(labels) = model.labels() else {
+        return if model.artifact.estimator.is_classifier() { "INT64" } else { "FP64" };
+    };
+    let all = |f: fn(&Label) -> bool| labels.iter().all(f);
+    if all(|l| matches!(l, Label::Int(_))) {
+        "INT64"
+    } else if all(|l| matches!(l, Label::Float(_))) {
+        "FP64"
+    } else if all(|l| matches!(l, Label::Bool(_))) {
+        "BOOL"
+    } else {
+        "BYTES"
+    }
+}
+
+/// The `predict` tensor of class ids `ids`, as [`predict_datatype`] says.
+fn class_output(model: &Model, ids: Vec<usize>) -> OutputData {
+    let Some(labels) = model.labels() else {
+        return OutputData::Int64(ids.into_iter().map(|x| x as i64).collect());
+    };
+    // Ids come from the model's own predict, so they index its labels.
+    let each = ids.iter().filter_map(|&i| labels.get(i));
+    match predict_datatype(model) {
+        "INT64" => {
+            OutputData::Int64(each.filter_map(|l| if let Label::Int(v) = l { Some(*v) } else { None }).collect())
+        }
+        "FP64" => {
+            OutputData::Fp64(each.filter_map(|l| if let Label::Float(v) = l { Some(*v) } else { None }).collect())
+        }
+        "BOOL" => OutputData::Bool(each.filter_map(|l| if let Label::Bool(v) = l { Some(*v) } else { None }).collect()),
+        _ => OutputData::Bytes(each.map(ToString::to_string).collect()),
+    }
 }
 
 /// The outputs a model has: `predict`, and `predict_proba` for models with probabilities.
@@ -65,6 +100,10 @@ fn output_names(model: &Model) -> &'static [&'static str] {
 }
 
 fn metadata(model: &Model) -> Value {
+    if let Estimator::Onnx(m) = &model.artifact.estimator {
+        let (inputs, outputs) = crate::onnx::v2::metadata(m);
+        return json!({"name": model.name, "versions": [model.version], "platform": "onnx_tract", "inputs": inputs, "outputs": outputs});
+    }
     let mut outputs = vec![json!({"name": PREDICT, "datatype": predict_datatype(model), "shape": [-1]})];
     if output_names(model).contains(&PREDICT_PROBA) {
         outputs.push(json!({"name": PREDICT_PROBA, "datatype": "FP64", "shape": [-1, model.class_names().len()]}));
@@ -73,7 +112,10 @@ fn metadata(model: &Model) -> Value {
         "name": model.name,
         "versions": [model.version],
         "platform": format!("linfa_{}", model.algorithm()),
-        "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, model.n_features()]}],
+        // The feature names (scikit-learn's feature_names_in_, an MLflow signature's inputs) in
+        // the order the tensor's columns take them, as MLServer shows tensor parameters.
+        "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, model.n_features()],
+                    "parameters": {"feature_names": model.artifact.feature_names}}],
         "outputs": outputs,
     })
 }
@@ -122,6 +164,8 @@ struct OutputTensor {
 enum OutputData {
     Int64(Vec<i64>),
     Fp64(Vec<f64>),
+    Bool(Vec<bool>),
+    Bytes(Vec<String>),
 }
 
 impl OutputData {
@@ -129,13 +173,21 @@ impl OutputData {
         match self {
             Self::Int64(v) => json!(v),
             Self::Fp64(v) => json!(v),
+            Self::Bool(v) => json!(v),
+            Self::Bytes(v) => json!(v),
         }
     }
 
+    /// The binary tensor data encoding: little-endian values, one byte per BOOL, and each
+    /// BYTES element prefixed by its 4-byte little-endian length.
     fn bytes(&self) -> Vec<u8> {
         match self {
             Self::Int64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Self::Fp64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Self::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+            Self::Bytes(v) => {
+                v.iter().flat_map(|s| (s.len() as u32).to_le_bytes().into_iter().chain(s.bytes())).collect()
+            }
         }
     }
 }
@@ -306,13 +358,19 @@ fn output(
     let p = model.predict(rows.matrix.view())?;
     state.metrics.predicted(&p);
     let data = match p {
-        Predictions::Classes(c) => OutputData::Int64(c.into_iter().map(|x| x as i64).collect()),
+        Predictions::Classes(c) => class_output(model, c),
         Predictions::Values(v) => OutputData::Fp64(v),
     };
     Ok((predict_datatype(model), vec![n], data))
 }
 
 fn run_infer(state: &AppState, model: &Model, json_part: &[u8], binary: &[u8]) -> Result<Response, ApiError> {
+    if let Estimator::Onnx(m) = &model.artifact.estimator {
+        let mut resp = crate::onnx::v2::infer(m, json_part, state.limits.max_rows)?;
+        resp["model_name"] = json!(model.name);
+        resp["model_version"] = json!(model.version);
+        return Ok(json_from_model(state, &resp));
+    }
     let req =
         infer_request::parse(json_part, state.budget(model), output_names(model)).map_err(ApiError::BadRequest)?;
     let rows = input_rows(state.budget(model), req.input, binary)?;

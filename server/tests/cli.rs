@@ -177,6 +177,36 @@ fn batch_scores_every_row_like_the_model_and_keeps_other_columns() {
     assert!(err.contains("row 3") && err.contains("\"x\""), "{err}");
 }
 
+#[test]
+fn batch_on_several_threads_writes_what_one_thread_writes() {
+    let dir = tmp("batch-threads");
+    let model_path = train_iris(&dir);
+    let table = train::iris();
+    let input = dir.join("in.csv");
+    let mut text = String::from("sepal_length,sepal_width,petal_length,petal_width\n");
+    // 3000 rows: chunks of 1000 split in three slices of 334, 334 and 332 rows.
+    for k in 0..20 {
+        for r in table.records.outer_iter() {
+            let jitter = f64::from(k) * 0.01;
+            text.push_str(&format!("{},{},{},{}\n", r[0] + jitter, r[1], r[2] - jitter, r[3]));
+        }
+    }
+    std::fs::write(&input, text).unwrap();
+    let one = dir.join("one.csv");
+    let three = dir.join("three.csv");
+    for (out, threads) in [(&one, "1"), (&three, "3")] {
+        let o = batch(&model_path, &input, out, &["--chunk-rows", "1000", "--threads", threads]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("scored 3000 rows"));
+    }
+    let (one, three) = (std::fs::read_to_string(one).unwrap(), std::fs::read_to_string(three).unwrap());
+    assert_eq!(one.lines().count(), 3001);
+    // Not every row the same class, or equal outputs would prove little.
+    let classes: std::collections::BTreeSet<&str> = one.lines().skip(1).filter_map(|l| l.rsplit(',').next()).collect();
+    assert_eq!(classes.len(), 3, "{classes:?}");
+    assert!(one == three, "three threads wrote other predictions than one");
+}
+
 /// The last line of stderr: the one-line reason a pod's termination message shows.
 fn reason(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or_default().to_string()
@@ -200,6 +230,46 @@ fn a_model_that_cannot_load_exits_1_with_a_one_line_reason() {
     let o = run(&["serve", "--model", newer.to_str().unwrap(), "--port", "0"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(reason(&o).contains("newer than this server supports"), "{}", reason(&o));
+}
+
+#[test]
+fn a_declared_format_must_match_and_load_failures_reach_the_termination_log() {
+    let dir = tmp("format");
+    let linfa = train_iris(&dir);
+    // A protocol-2 pickle whose first opcode names os.system: refused before anything runs.
+    let hostile = dir.join("model.pkl");
+    std::fs::write(&hostile, b"\x80\x02cposix\nsystem\nq\x00X\x02\x00\x00\x00idq\x01\x85q\x02Rq\x03.").unwrap();
+    let log = dir.join("termination-log");
+    let serve = |model: &Path, format: &str| {
+        std::fs::write(&log, "").unwrap();
+        let args = ["serve", "--model", model.to_str().unwrap(), "--model-format", format, "--port", "0"];
+        let o = Command::new(BIN).args(args).env("MODELSHIP_TERMINATION_LOG", &log).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", reason(&o));
+        let written = std::fs::read_to_string(&log).unwrap();
+        // Exactly the reason's one line, the same as stderr's last line.
+        assert_eq!(written.trim_end(), reason(&o));
+        assert_eq!(written.lines().count(), 1, "{written}");
+        written
+    };
+    let w = serve(&hostile, "linfa");
+    assert!(w.contains("model file is a scikit-learn pickle but spec.model.format (--model-format) is linfa"), "{w}");
+    let w = serve(&linfa, "sklearn");
+    assert!(
+        w.contains("is a Modelship (linfa) JSON artifact but spec.model.format (--model-format) is sklearn"),
+        "{w}"
+    );
+    let w = serve(&hostile, "sklearn");
+    assert!(w.starts_with("modelship-server: model failed to load: refusing global posix.system"), "{w}");
+    // Env as well as flag; a wrong value is refused by name.
+    let o = Command::new(BIN)
+        .args(["serve", "--model", linfa.to_str().unwrap(), "--port", "0"])
+        .env("MODELSHIP_MODEL_FORMAT", "onnx")
+        .output()
+        .unwrap();
+    assert!(reason(&o).contains("is a Modelship (linfa) JSON artifact but spec.model.format"), "{}", reason(&o));
+    let o = run(&["serve", "--model", linfa.to_str().unwrap(), "--model-format", "pmml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--model-format"), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// Serves `body` once per connection on loopback, as a model host would.

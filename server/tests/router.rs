@@ -163,7 +163,11 @@ async fn v2_server_and_model_metadata() {
     assert_eq!(m["name"], "iris");
     assert_eq!(m["versions"], json!(["v7"]));
     assert!(m["platform"].is_string());
-    assert_eq!(m["inputs"], json!([{"name": "input-0", "datatype": "FP64", "shape": [-1, 4]}]));
+    let names = ["sepal_length", "sepal_width", "petal_length", "petal_width"];
+    assert_eq!(
+        m["inputs"],
+        json!([{"name": "input-0", "datatype": "FP64", "shape": [-1, 4], "parameters": {"feature_names": names}}])
+    );
     assert_eq!(m["outputs"][0], json!({"name": "predict", "datatype": "INT64", "shape": [-1]}));
     assert_eq!(m["outputs"][1], json!({"name": "predict_proba", "datatype": "FP64", "shape": [-1, 3]}));
     assert_eq!(get(&s, "/v2/models/other").await.status, StatusCode::NOT_FOUND);

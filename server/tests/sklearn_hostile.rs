@@ -1,4 +1,5 @@
-//! Hostile and broken model files (written by real pickle / joblib in `tests/sklearn/hostile.py`):
+//! Hostile and broken model files (written by real pickle / joblib / skops and zipfile in
+//! `tests/sklearn/hostile.py`):
 //! code-running payloads are refused by name and never run, broken files give a one-line error,
 //! and no input makes the reader panic.
 
@@ -42,7 +43,9 @@ fn files() -> &'static Files {
 }
 
 /// Valid files in every encoding, to truncate and mutate.
-const GOOD: [&str; 7] = [
+const GOOD: [&str; 9] = [
+    "tree.skops",
+    "tree-deflate.skops",
     "tree.pkl",
     "tree_p2.pkl",
     "tree.joblib",
@@ -79,6 +82,62 @@ fn the_payloads_are_live_when_python_loads_them() {
         .expect("run python");
     assert!(status.success());
     assert!(files().marker.with_extension("control").exists(), "the control payload did not run under Python");
+    // skops runs a LossNode's class once the user trusts it, as `skops.io.get_untrusted_types` asks.
+    let (_, python) = common::venvs().into_iter().next().expect("a venv");
+    let status = Command::new(python)
+        .args(["-c", "import skops.io, sys; skops.io.load(sys.argv[1], trusted=['posix.system'])"])
+        .arg(files().dir.join("skops_control.skops"))
+        .status()
+        .expect("run python");
+    assert!(status.success());
+    assert!(files().marker.with_extension("skops-control").exists(), "the skops control payload did not run");
+}
+
+#[test]
+fn skops_files_naming_code_are_refused_by_name_and_never_run() {
+    for (file, what) in [
+        // skops itself writes os.system and eval (builtin functions) as TypeNodes.
+        ("skops_function.skops", "type posix.system"),
+        ("skops_nested_eval.skops", "type builtins.eval"),
+        ("skops_function_node.skops", "function posix.system"),
+        ("skops_eval_class.skops", "class builtins.eval"),
+        ("skops_popen_class.skops", "class subprocess.Popen"),
+        ("skops_loss_system.skops", "class posix.system"),
+    ] {
+        let err = refused(file);
+        let want = format!("refusing {what}: not a supported scikit-learn class; supported: LogisticRegression");
+        assert!(err.starts_with(&want), "{file}: {err}");
+    }
+    assert!(!files().marker.exists(), "a payload ran: {} exists", files().marker.display());
+}
+
+#[test]
+fn broken_skops_files_give_one_line_errors() {
+    for (file, want) in [
+        ("skops_bomb.skops", "expands to 1291845632 bytes, more than the limit of 1073807360 bytes"),
+        (
+            "skops_big_schema.skops",
+            "skops entry schema.json expands to 68157440 bytes, more than the limit of 67108864",
+        ),
+        ("skops_lying_size.skops", "corrupt skops entry schema.json: holds 101 bytes, its header declares 100"),
+        ("skops_huge_shape.skops", "array of 64000000000000 bytes exceeds the limit of 1073741824 bytes"),
+        ("skops_short_array.skops", "array of shape [1000] needs 8000 bytes, the file has 8"),
+        ("skops_path_dotdot.skops", "refusing skops entry \"../../tmp/evil.npy\": not a plain file name"),
+        ("skops_path_absolute.skops", "refusing skops entry \"/etc/evil.npy\": not a plain file name"),
+        ("skops_path_subdir.skops", "refusing skops entry \"a/b.npy\": not a plain file name"),
+        ("skops_missing_entry.skops", "the skops file has no entry nothere.npy"),
+    ] {
+        let err = refused(file);
+        assert!(err.contains(want), "{file}: {err:?} does not contain {want:?}");
+    }
+    // The cap on all entries together: a stored file expands to about its own size.
+    let tree = read("tree.skops");
+    let capped = |max_file_bytes| SklearnModel::from_bytes(&tree, &Limits { max_file_bytes, ..Limits::default() });
+    for cap in [tree.len() / 2, tree.len() * 9 / 10] {
+        let err = capped(cap).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("more than the limit of"), "cap {cap}: {err:?}");
+    }
+    assert!(capped(tree.len() * 2).is_ok());
 }
 
 #[test]
@@ -155,6 +214,12 @@ proptest! {
     }
 
     #[test]
+    fn random_zip_bytes_never_panic(mut bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        bytes.splice(0..0, *b"PK\x03\x04");
+        let _ = load(&bytes);
+    }
+
+    #[test]
     fn mutated_real_files_never_panic(
         file in prop::sample::select(GOOD.to_vec()),
         edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
@@ -171,7 +236,8 @@ proptest! {
 /// `inspect` and `serve` of payload files exit non-zero with the reason on one line, running nothing.
 #[test]
 fn the_binary_refuses_payloads_in_one_line() {
-    for file in ["os_system_p5.pkl", "payload-zlib.joblib", "tree_child_out_of_range.pkl"] {
+    for file in ["os_system_p5.pkl", "payload-zlib.joblib", "tree_child_out_of_range.pkl", "skops_function_node.skops"]
+    {
         let path = files().dir.join(file);
         let inspect = Command::new(env!("CARGO_BIN_EXE_modelship-server")).arg("inspect").arg(&path).output();
         let serve = Command::new(env!("CARGO_BIN_EXE_modelship-server"))
@@ -184,7 +250,8 @@ fn the_binary_refuses_payloads_in_one_line() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let last = stderr.lines().last().unwrap_or_default();
             assert!(last.starts_with("modelship-server: "), "{file}: {stderr}");
-            assert!(last.contains("refusing global posix.system") || last.contains("invalid Tree"), "{file}: {last}");
+            let named = ["refusing global posix.system", "refusing function posix.system", "invalid Tree"];
+            assert!(named.iter().any(|n| last.contains(n)), "{file}: {last}");
         }
     }
     assert!(!files().marker.exists(), "a payload ran");

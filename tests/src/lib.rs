@@ -2,6 +2,8 @@
 //! (the local control plane of `tests/cluster/up`, or kind in GitHub Actions) and fails loudly
 //! when none is reachable.
 
+pub mod mlflow;
+pub mod pod_template;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};

@@ -12,6 +12,9 @@ use crate::{TestNamespace, kubectl, wait_for};
 
 /// The node's name (tests/cluster/node/lib.sh).
 pub const NODE: &str = "real-node-1";
+/// The host's address on the pods' bridge (tests/cluster/node/lib.sh `POD_GATEWAY`): a service
+/// the harness runs on this machine listens here for real pods to reach it.
+pub const POD_GATEWAY: &str = "10.245.0.1";
 /// Devices that keep cluster traffic on this machine: the pods' bridge, the service range's
 /// portless bridge, loopback.
 const LOCAL_DEVICES: &[&str] = &["ms-br0", "ms-svc0", "lo"];
@@ -112,6 +115,101 @@ pub async fn post_until_answered(url: &str, body: &str, attempts: usize) -> anyh
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     bail!("{url} did not answer after {attempts} attempts: {}", last.unwrap_or_default())
+}
+
+/// A Helm release of charts/modelship whose operator runs in-cluster on the real node: its real
+/// image (imported by node/up, `imagePullPolicy: Never`), its ServiceAccount and RBAC, scheduled
+/// by the chart's `nodeSelector` and `tolerations` values, watching only `watch_namespace`.
+/// Uninstalled when dropped.
+pub struct InClusterOperator {
+    /// The release's name, which the chart also gives the Deployment, ServiceAccount and Lease.
+    pub release: String,
+    /// The release namespace (the operator pod and its Lease live there).
+    pub namespace: String,
+}
+
+impl InClusterOperator {
+    /// `helm install --wait` of the chart into `namespace`, for the models of `watch_namespace`.
+    pub fn install(namespace: &str, watch_namespace: &str) -> anyhow::Result<Self> {
+        let tag = std::env::var("MODELSHIP_NODE_IMAGE_TAG").unwrap_or_else(|_| "test".into());
+        let values = serde_json::json!({
+            "image": {"repository": "modelship-operator", "tag": tag, "pullPolicy": "Never"},
+            "serverImage": {"repository": "modelship-server", "tag": tag},
+            "watchNamespace": watch_namespace,
+            "logFormat": "text",
+            "nodeSelector": {"type": "real"},
+            "tolerations": [{"key": "modelship.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}],
+        });
+        // Dropped on failure too: a failed release is uninstalled.
+        let installed = Self { release: "modelship-incluster".into(), namespace: namespace.into() };
+        let chart = crate::root().join("charts/modelship");
+        let chart = chart.to_string_lossy();
+        let args = ["install", &installed.release, &chart, "-n", namespace, "--wait", "--timeout", "120s", "-f", "-"];
+        // JSON is YAML: the values go in on stdin.
+        if let Err(e) = crate::run(&crate::tool("HELM"), &args, Some(&values.to_string())) {
+            // Why the pod never became ready (no API server from inside the pod, say) is in its log.
+            let selector = "app.kubernetes.io/component=operator";
+            let log = kubectl(&["-n", namespace, "logs", "-l", selector, "--tail=20", "--all-containers"]);
+            bail!("{e}\noperator log:\n{}", log.unwrap_or_else(|e| e.to_string()));
+        }
+        Ok(installed)
+    }
+}
+
+impl Drop for InClusterOperator {
+    fn drop(&mut self) {
+        let _ = crate::run(&crate::tool("HELM"), &["uninstall", &self.release, "-n", &self.namespace, "--wait"], None);
+    }
+}
+
+/// Whether the API server's audit log (`$MODELSHIP_CLUSTER_DIR/logs/audit.log`) shows `user`
+/// patching the status of an MLModel in `namespace`.
+pub fn audited_status_writer(user: &str, namespace: &str) -> bool {
+    let Some(dir) = std::env::var_os("MODELSHIP_CLUSTER_DIR") else { return false };
+    let Ok(text) = std::fs::read_to_string(std::path::Path::new(&dir).join("logs/audit.log")) else { return false };
+    text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|e| {
+        let o = &e["objectRef"];
+        e["user"]["username"] == user
+            && e["verb"] == "patch"
+            && o["resource"] == "mlmodels"
+            && o["subresource"] == "status"
+            && o["namespace"] == namespace
+    })
+}
+
+/// Requests to `url` on `connections` keep-alive connections until `stop` is set, `limit` has
+/// passed or each connection has sent `max_per_connection`: CPU load for the autoscaler, bounded
+/// in time and count. Returns how many were answered.
+pub async fn load(
+    url: String,
+    connections: usize,
+    max_per_connection: usize,
+    limit: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> usize {
+    let deadline = tokio::time::Instant::now() + limit;
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| {
+            let (url, stop) = (url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let Ok(http) = reqwest::Client::builder().timeout(Duration::from_secs(5)).build() else { return 0 };
+                let mut answered = 0;
+                for _ in 0..max_per_connection {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) || tokio::time::Instant::now() > deadline {
+                        break;
+                    }
+                    let sent = http.post(&url).body(r#"{"features":[5.1,3.5,1.4,0.2]}"#).send().await;
+                    answered += usize::from(sent.is_ok_and(|r| r.status().is_success()));
+                }
+                answered
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap_or(0);
+    }
+    total
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ async fn invalid_mlmodels_are_rejected_naming_the_field() {
     let cases = [
         (r#"{"model":{"uri":"s3://bucket/key"}}"#, "spec.model.uri"),
         (r#"{"model":{"uri":"configmap://m/k","sha256":"xyz"}}"#, "spec.model.sha256"),
-        (r#"{"model":{"uri":"configmap://m/k","format":"onnx"}}"#, "spec.model.format"),
+        (r#"{"model":{"uri":"configmap://m/k","format":"pmml"}}"#, "spec.model.format"),
         (r#"{"model":{"uri":"configmap://m/k"},"replicas":-1}"#, "spec.replicas"),
         (
             r#"{"model":{"uri":"configmap://m/k"},"autoscaling":{"minReplicas":4,"maxReplicas":2}}"#,

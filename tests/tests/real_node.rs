@@ -6,11 +6,14 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use modelship_crds::MLModel;
-use modelship_tests::real_node::{self, NODE};
+use modelship_tests::mlflow::Mlflow;
+use modelship_tests::real_node::{self, NODE, POD_GATEWAY};
 use modelship_tests::{
     Operator, OperatorOptions, TestNamespace, client, install_crd, kubectl, kubectl_stdin, root, wait_for, wait_ready,
 };
@@ -333,4 +336,177 @@ async fn a_rollout_under_load_through_the_service_drops_no_request() {
     assert!(answered >= 100, "the load loop ran through the rollout: {total:?}");
     assert!(total.contains_key("v1") && total.contains_key("v2"), "both versions answered: {total:?}");
     assert_eq!(failed, 0, "no request failed during the rollout: {total:?}");
+}
+
+#[tokio::test]
+async fn the_operator_installed_by_the_chart_runs_in_cluster_and_serves_iris() {
+    if !real_node::enabled() || std::env::var("MODELSHIP_OPERATOR").as_deref() == Ok("external") {
+        eprintln!("skipped: needs the real node, and no external operator (it would reconcile the models too)");
+        return;
+    }
+    let c = client().await;
+    install_crd().await;
+    // The operator's namespace is not annotated for the real node: the chart's values put it there.
+    let op_ns = TestNamespace::new(&c, "real-op").await;
+    let ns = real_node::namespace(&c, "real-incluster").await;
+    let op = real_node::InClusterOperator::install(&op_ns.name, &ns.name).unwrap();
+
+    let pods = Api::<Pod>::namespaced(c.clone(), &op_ns.name)
+        .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(pods.len(), 1, "one operator pod");
+    let pod = &pods[0];
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.node_name.as_deref(), Some(NODE), "the chart's nodeSelector/tolerations put it on the real node");
+    assert_eq!(spec.service_account_name.as_deref(), Some(op.release.as_str()), "the chart's ServiceAccount");
+    let cs = &pod.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0];
+    assert!(cs.ready && cs.container_id.as_deref().is_some_and(|id| id.starts_with("containerd://")), "{cs:?}");
+    assert!(cs.image.contains("modelship-operator:"), "the image from tests/cluster/images: {}", cs.image);
+
+    // It leads on its own Lease, then reconciles iris through the `kubernetes` Service.
+    let pod_name = pod.metadata.name.clone().unwrap();
+    wait_for("the in-cluster operator holds its Lease", T, || async {
+        let holder =
+            kubectl(&["-n", &op_ns.name, "get", "lease", &op.release, "-o", "jsonpath={.spec.holderIdentity}"]).ok()?;
+        (holder == pod_name).then_some(())
+    })
+    .await;
+    iris_ready(&c, &ns).await;
+    let sa = format!("system:serviceaccount:{}:{}", op_ns.name, op.release);
+    assert!(real_node::audited_status_writer(&sa, &ns.name), "the status was written by {sa}");
+
+    let pods = model_pods(&c, &ns.name, "iris").await;
+    assert_eq!(pods.len(), 1, "one model pod");
+    assert_eq!(pods[0].spec.as_ref().unwrap().node_name.as_deref(), Some(NODE));
+    let model_cs = &pods[0].status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0];
+    assert!(model_cs.ready, "the model's container passed its real /readyz");
+    real_node::wait_kube_proxy_synced().await;
+    let ip = real_node::cluster_ip(&ns.name, "iris").unwrap();
+    let resp = real_node::post_until_answered(&format!("http://{ip}/predict"), r#"{"features":[5.1,3.5,1.4,0.2]}"#, 40)
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), r#"{"prediction":[0]}"#, "the tutorial's prediction through the ClusterIP");
+}
+
+#[tokio::test]
+async fn the_hpa_scales_on_real_cpu_and_falls_back() {
+    let Some((c, ns, _op)) = setup("real-hpa").await else { return };
+    let models = iris_ready(&c, &ns).await;
+    let autoscaling =
+        r#"{"spec":{"autoscaling":{"minReplicas":1,"maxReplicas":3,"targetCPUUtilizationPercentage":50}}}"#;
+    modelship_tests::patch_mlmodel(&ns.name, "iris", autoscaling);
+    wait_ready(&models, "iris", None, T).await;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(c.clone(), &ns.name);
+    // metrics-server reports the idle pod's CPU through the aggregation layer.
+    let idle = wait_for("the HPA reads the pod's CPU from metrics-server", T, || async {
+        let st = hpas.get_opt("iris").await.ok().flatten()?.status?;
+        let cpu = st.current_metrics?.first()?.resource.as_ref()?.current.average_utilization?;
+        Some((cpu, st.desired_replicas))
+    })
+    .await;
+    eprintln!("idle: {}% CPU of the request, {} replica(s) wanted", idle.0, idle.1);
+    real_node::wait_kube_proxy_synced().await;
+    let ip = real_node::cluster_ip(&ns.name, "iris").unwrap();
+    let url = format!("http://{ip}/predict");
+    real_node::post_until_answered(&url, r#"{"features":[5.1,3.5,1.4,0.2]}"#, 40).await.unwrap();
+
+    // Two connections of back-to-back requests through the Service: bounded at 3 min and 2M requests.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(real_node::load(url.clone(), 2, 1_000_000, Duration::from_secs(180), stop.clone()));
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
+    let busy = wait_for("the HPA scales iris above minReplicas under load", Duration::from_secs(150), || async {
+        let st = hpas.get_opt("iris").await.ok().flatten()?.status?;
+        let cpu = st.current_metrics?.first()?.resource.as_ref()?.current.average_utilization?;
+        let replicas = deployments.get_opt("iris").await.ok().flatten()?.spec?.replicas?;
+        (replicas > 1).then_some((cpu, replicas))
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered = load.await.unwrap();
+    eprintln!("under load: {}% CPU, {} replicas; {answered} requests answered", busy.0, busy.1);
+    assert!(answered > 0, "the load went through the Service");
+
+    let back = wait_for("back to minReplicas once the load stops", Duration::from_secs(180), || async {
+        let st = hpas.get_opt("iris").await.ok().flatten()?.status?;
+        let replicas = deployments.get_opt("iris").await.ok().flatten()?.spec?.replicas?;
+        (replicas == 1 && st.desired_replicas == 1).then_some(st.current_metrics)
+    })
+    .await;
+    eprintln!("after the load: {back:?}");
+}
+
+/// The stable Deployment's server args name `uri` and its rollout is complete.
+async fn serving(deployments: &Api<Deployment>, name: &str, uri: &str) -> Option<Deployment> {
+    let d = deployments.get(name).await.ok()?;
+    let spec = d.spec.as_ref()?;
+    let args = spec.template.spec.as_ref()?.containers.first()?.args.clone().unwrap_or_default();
+    let status = d.status.as_ref()?;
+    let complete = status.observed_generation == d.metadata.generation
+        && status.updated_replicas == spec.replicas
+        && status.available_replicas == spec.replicas
+        && status.replicas == spec.replicas;
+    (args.iter().any(|a| a == uri) && complete).then_some(d)
+}
+
+#[tokio::test]
+async fn an_mlflow_alias_moved_to_a_broken_version_is_rolled_back_for_real() {
+    let Some((c, ns, _op)) = setup("real-mlflow").await else { return };
+    // MLflow on the host side of the pods' bridge: the operator resolves aliases there and the
+    // real pods download the model from it.
+    real_node::route_is_local(POD_GATEWAY.parse().unwrap()).unwrap();
+    let mlflow = Mlflow::start_on(POD_GATEWAY, false);
+    let good = mlflow.log_model("iris", "pickle");
+    let broken = mlflow.log_broken_model("iris");
+    let fixed = mlflow.log_model("iris", "pickle");
+    assert_eq!((good.version, broken.version, fixed.version), (1, 2, 3));
+    mlflow.set_alias("iris", "champion", 1);
+    let m = serde_json::json!({
+        "apiVersion": "modelship.dev/v1alpha1", "kind": "MLModel", "metadata": {"name": "champion"},
+        "spec": {"replicas": 1, "model": {"uri": "models:/iris@champion",
+                 "registry": {"trackingURI": mlflow.url, "pollSeconds": 3}}},
+    });
+    kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&m.to_string())).unwrap();
+    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
+    wait_ready(&models, "champion", Some("1"), T).await;
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
+    serving(&deployments, "champion", "models:/iris/1").await.expect("version 1 serves");
+
+    // The alias moves to the version whose file is garbage: its real pod cannot load it, and
+    // the operator goes back to version 1, saying which alias and version failed.
+    mlflow.set_alias("iris", "champion", 2);
+    let m = wait_for("RolledBack after the alias moved to version 2", T, || async {
+        let m = models.get("champion").await.ok()?;
+        let d = m.status.as_ref()?.condition("Degraded")?;
+        (d.status == "True" && d.reason == "RolledBack").then_some(m)
+    })
+    .await;
+    let st = m.status.as_ref().unwrap();
+    let msg = &st.condition("Degraded").unwrap().message;
+    assert!(msg.starts_with("models:/iris@champion (version 2) failed") && msg.contains("rolled back to 1"), "{msg}");
+    assert_eq!(st.condition("Ready").unwrap().reason, "RolledBack");
+    assert_eq!(st.model_version.as_deref(), Some("1"), "status shows the version that serves");
+    assert_eq!(st.last_good_model.as_ref().unwrap().uri, "models:/iris/1");
+    let d = wait_for("version 1 serving again", T, || serving(&deployments, "champion", "models:/iris/1")).await;
+    let rolled_back_generation = d.metadata.generation;
+
+    // Not retried in a loop: over several polls (3 s each) the alias still names version 2,
+    // and the Deployment stays on version 1.
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < Duration::from_secs(12) {
+        let d = deployments.get("champion").await.unwrap();
+        assert_eq!(d.metadata.generation, rolled_back_generation, "the failed version was tried again");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let m = models.get("champion").await.unwrap();
+    assert_eq!(m.status.as_ref().unwrap().condition("Degraded").unwrap().reason, "RolledBack");
+
+    // The alias moves on to a good version: rolled out, Ready, the rollback cleared.
+    mlflow.set_alias("iris", "champion", 3);
+    let m = wait_ready(&models, "champion", Some("3"), T).await;
+    let st = m.status.unwrap();
+    assert!(st.rollback.as_ref().is_none_or(|r| r.failed_stable.is_none()), "{:?}", st.rollback);
+    assert_eq!(st.last_good_model.unwrap().uri, "models:/iris/3");
+    serving(&deployments, "champion", "models:/iris/3").await.expect("version 3 serves");
 }

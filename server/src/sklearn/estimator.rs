@@ -9,7 +9,7 @@ use super::globals;
 use super::linear::{LinearClassifier, LinearRegressor, Proba};
 use super::object::{Label, Obj};
 use super::pickle::{Node, NodeId, Pickle};
-use super::preprocessing::Transform;
+use super::preprocessing::{Missing, Transform};
 use super::tree::Trees;
 
 /// Pipelines nested deeper than this are refused (a pickle could make one contain itself).
@@ -86,6 +86,14 @@ impl Fitted {
     /// Runs the transformers over `x` (which has `n_features` columns).
     pub fn transform(&self, x: ArrayView2<'_, f64>) -> Array2<f64> {
         self.transforms.iter().fold(x.to_owned(), |x, t| t.apply(x))
+    }
+
+    /// Whether NaN inputs mean "missing" as scikit-learn allows here: a SimpleImputer of NaN
+    /// fills them (the scalers before it keep NaN, as scikit-learn's do), or a
+    /// HistGradientBoosting predictor routes them down its learned branch.
+    pub fn handles_nan(&self) -> bool {
+        self.transforms.iter().any(|t| matches!(t, Transform::Impute { missing: Missing::Nan, .. }))
+            || matches!(self.steps.last(), Some(s) if s.starts_with("HistGradientBoosting"))
     }
 
     /// Whether the final estimator has `predict_proba`.

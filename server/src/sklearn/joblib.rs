@@ -18,10 +18,12 @@ pub enum Encoding {
     Lzma,
     Bz2,
     Lz4,
+    /// A skops zip (`skops.io.dump`), read by [`super::skops`] rather than unpickled.
+    Skops,
 }
 
 impl Encoding {
-    /// Recognises a pickle or a joblib compressor by the file's signature.
+    /// Recognises a pickle, a joblib compressor or a skops zip by the file's signature.
     pub fn detect(bytes: &[u8]) -> Option<Self> {
         Some(match bytes {
             [0x80, ..] => Self::Pickle,
@@ -31,6 +33,7 @@ impl Encoding {
             [0x5d, 0x00, 0x00, ..] => Self::Lzma,
             [b'B', b'Z', b'h', ..] => Self::Bz2,
             [0x04, 0x22, 0x4d, 0x18, ..] => Self::Lz4,
+            [b'P', b'K', 3, 4, ..] => Self::Skops,
             _ => return None,
         })
     }
@@ -45,6 +48,7 @@ impl Encoding {
             Self::Lzma => "lzma",
             Self::Bz2 => "bz2",
             Self::Lz4 => "lz4",
+            Self::Skops => "skops",
         }
     }
 }
@@ -66,7 +70,7 @@ pub fn decompress(bytes: &[u8], encoding: Encoding, max: usize) -> Result<Vec<u8
     let mut out = Vec::new();
     let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
     match encoding {
-        Encoding::Pickle => return Ok(bytes.to_vec()),
+        Encoding::Pickle | Encoding::Skops => return Ok(bytes.to_vec()),
         Encoding::Zlib => {
             flate2::read::ZlibDecoder::new(bytes).take(limit).read_to_end(&mut out).map_err(corrupt)?;
         }

@@ -1,10 +1,11 @@
-//! scikit-learn models (`pickle.dump`, `joblib.dump`, cloudpickle files) served without Python
-//! and without executing anything from the file.
+//! scikit-learn models (`pickle.dump`, `joblib.dump`, cloudpickle and `skops.io.dump` files)
+//! served without Python and without executing anything from the file.
 //!
 //! The file is expanded if joblib compressed it ([`joblib`]), read by a pickle interpreter that
 //! only builds data and refuses every global outside an allowlist ([`pickle`], [`globals`]),
-//! numpy arrays are rebuilt from their bytes ([`numpy`]), and the estimator's fitted attributes
-//! become a [`SklearnModel`] whose predictions follow scikit-learn's arithmetic.
+//! numpy arrays are rebuilt from their bytes ([`numpy`]); a skops zip becomes the same node tree
+//! ([`skops`]). The estimator's fitted attributes become a [`SklearnModel`] whose predictions
+//! follow scikit-learn's arithmetic.
 
 pub mod boosting;
 pub mod estimator;
@@ -16,6 +17,7 @@ pub mod numpy;
 pub mod object;
 pub mod pickle;
 pub mod preprocessing;
+pub mod skops;
 pub mod tree;
 
 use ndarray::{Array2, ArrayView2};
@@ -31,7 +33,9 @@ pub enum SklearnError {
     Pickle(#[from] pickle::PickleError),
     #[error(transparent)]
     Container(#[from] joblib::ContainerError),
-    #[error("not a pickle or joblib file (unrecognised signature)")]
+    #[error(transparent)]
+    Skops(#[from] skops::SkopsError),
+    #[error("not a pickle, joblib or skops file (unrecognised signature)")]
     UnknownFormat,
     #[error("pickle protocols 0 and 1 are not supported: save with protocol 2 or newer")]
     OldProtocol,
@@ -78,7 +82,7 @@ pub struct SklearnModel {
 }
 
 impl SklearnModel {
-    /// Reads a model from the bytes of a pickle or joblib file.
+    /// Reads a model from the bytes of a pickle, joblib or skops file.
     pub fn from_bytes(bytes: &[u8], limits: &Limits) -> Result<Self, SklearnError> {
         let encoding = match Encoding::detect(bytes) {
             Some(e) => e,
@@ -86,6 +90,10 @@ impl SklearnModel {
             None if matches!(bytes.first(), Some(b'c' | b'(' | b']' | b'}')) => return Err(SklearnError::OldProtocol),
             None => return Err(SklearnError::UnknownFormat),
         };
+        if encoding == Encoding::Skops {
+            let p = skops::read(bytes, limits)?;
+            return Ok(Self { fitted: Fitted::from_pickle(&p)?, encoding });
+        }
         let expanded;
         let raw = if encoding == Encoding::Pickle {
             bytes
@@ -115,6 +123,11 @@ impl SklearnModel {
     /// Whether the model predicts classes.
     pub fn is_classifier(&self) -> bool {
         !self.fitted.classes.is_empty()
+    }
+
+    /// Whether rows may carry NaN for missing values (see [`Fitted::handles_nan`]).
+    pub fn handles_nan(&self) -> bool {
+        self.fitted.handles_nan()
     }
 
     /// Whether [`SklearnModel::predict_proba`] is available.

@@ -81,6 +81,13 @@ pub struct Pickle {
 const READ_ALLOWANCE: usize = 8 << 20;
 
 impl Pickle {
+    /// A tree built by another reader (skops) from `input_len` bytes of model data, with the
+    /// same read budget a pickle of that size gets.
+    pub(super) fn from_nodes(nodes: Vec<Node>, root: NodeId, input_len: usize) -> Self {
+        let allowance = input_len.saturating_mul(2).saturating_add(READ_ALLOWANCE);
+        Self { nodes, root, budget: std::cell::Cell::new(allowance) }
+    }
+
     /// The node `id` (an id the interpreter handed out always exists).
     pub fn node(&self, id: NodeId) -> &Node {
         self.nodes.get(id).unwrap_or(&Node::None)
@@ -711,7 +718,8 @@ fn allow(module: &str, name: &str) -> Result<Global, PickleError> {
     })
 }
 
-fn scalar_node(d: &Dtype, b: &[u8]) -> Option<Node> {
+/// The plain value of a numpy scalar of dtype `d` stored as bytes `b`.
+pub(super) fn scalar_node(d: &Dtype, b: &[u8]) -> Option<Node> {
     use super::numpy::Scalar;
     Some(match super::numpy::read_scalar(d, b)? {
         Scalar::Int(i) => Node::Int(i),

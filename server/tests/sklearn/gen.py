@@ -1,8 +1,8 @@
 """Generates scikit-learn models and scikit-learn's own predictions for the parity test.
 
 Run with a venv from server/tests/sklearn/venv: python gen.py OUT_DIR. Every model is fitted on
-seeded data, saved with pickle (protocols 2 and 5), joblib (plain and compressed: zlib level 3,
-gzip, xz, lzma) and cloudpickle, and OUT_DIR/manifest.json holds, per model, its files, 1,000
+seeded data, saved with pickle (protocols 2 to 5), joblib (plain and compressed: zlib level 3,
+gzip, xz, lzma), cloudpickle and skops (stored and deflated), and OUT_DIR/manifest.json holds, per model, its files, 1,000
 held-out rows (NaN written as null) and what predict / predict_proba return for them.
 """
 
@@ -11,11 +11,14 @@ import os
 import pickle
 import sys
 import warnings
+import zipfile
 
 import cloudpickle
 import joblib
 import numpy as np
 import sklearn
+import skops
+import skops.io
 from sklearn.ensemble import (
     ExtraTreesClassifier,
     ExtraTreesRegressor,
@@ -143,6 +146,8 @@ if VERSION < (1, 7):
 
 FORMATS = {
     "pickle2.pkl": lambda m, p: pickle.dump(m, open(p, "wb"), protocol=2),
+    "pickle3.pkl": lambda m, p: pickle.dump(m, open(p, "wb"), protocol=3),
+    "pickle4.pkl": lambda m, p: pickle.dump(m, open(p, "wb"), protocol=4),
     "pickle5.pkl": lambda m, p: pickle.dump(m, open(p, "wb"), protocol=5),
     "joblib.joblib": lambda m, p: joblib.dump(m, p),
     "joblib-zlib3.joblib": lambda m, p: joblib.dump(m, p, compress=3),
@@ -150,6 +155,8 @@ FORMATS = {
     "joblib-xz.joblib": lambda m, p: joblib.dump(m, p, compress=("xz", 3)),
     "joblib-lzma.joblib": lambda m, p: joblib.dump(m, p, compress=("lzma", 3)),
     "cloudpickle.pkl": lambda m, p: cloudpickle.dump(m, open(p, "wb")),
+    "skops.skops": lambda m, p: skops.io.dump(m, p),
+    "skops-deflate.skops": lambda m, p: skops.io.dump(m, p, compression=zipfile.ZIP_DEFLATED),
 }
 
 
@@ -210,7 +217,13 @@ def main(out):
                 "feature_names": list(getattr(est, "feature_names_in_", [])) or None,
             }
         )
-    manifest = {"sklearn": sklearn.__version__, "numpy": np.__version__, "joblib": joblib.__version__, "models": models}
+    manifest = {
+        "sklearn": sklearn.__version__,
+        "numpy": np.__version__,
+        "joblib": joblib.__version__,
+        "skops": skops.__version__,
+        "models": models,
+    }
     with open(os.path.join(out, "manifest.json"), "w") as f:
         json.dump(manifest, f)
 

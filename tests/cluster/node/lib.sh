@@ -18,5 +18,7 @@ CONTAINERD_SOCK="$NODE_DIR/containerd/containerd.sock"
 # The API server as pods see it (in-cluster clients connect to the `kubernetes` Service's
 # ClusterIP; its endpoint is this address on the bridge, forwarded to 127.0.0.1).
 APISERVER_POD_PORT=${MODELSHIP_APISERVER_POD_PORT:-16444}
+# metrics-server, on the bridge address too (the APIService's endpoint).
+METRICS_SERVER_PORT=${MODELSHIP_METRICS_SERVER_PORT:-16445}
 
 ctr_() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }

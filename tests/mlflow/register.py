@@ -1,0 +1,79 @@
+"""Logs and registers the tutorial's iris model in an MLflow tracking server, and moves aliases.
+
+  register.py log TRACKING_URI NAME SERIALIZATION [--broken]
+      trains the tutorial's LogisticRegression(max_iter=200) on iris (seeded), logs it with
+      mlflow.sklearn.log_model(..., registered_model_name=NAME, serialization_format=SERIALIZATION)
+      and prints JSON: version, run_id, the rows and scikit-learn's predictions of them.
+      --broken then overwrites the stored model file with garbage (a version that cannot load).
+  register.py alias TRACKING_URI NAME ALIAS VERSION
+      points NAME@ALIAS at VERSION.
+Credentials, if any, come from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
+"""
+import json
+import sys
+import warnings
+
+warnings.filterwarnings("ignore")
+
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+
+
+def log(tracking, name, serialization, broken):
+    import pandas as pd
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    iris = load_iris(as_frame=True)
+    x_train, x_test, y_train, _ = train_test_split(iris.data, iris.target, test_size=0.2, random_state=42)
+    model = LogisticRegression(max_iter=200).fit(x_train, y_train)
+    mlflow.set_tracking_uri(tracking)
+    with mlflow.start_run() as run:
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            registered_model_name=name,
+            serialization_format=serialization,
+            input_example=pd.DataFrame(x_train.iloc[:2]),
+        )
+    client = MlflowClient(tracking)
+    version = max(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    if broken:
+        # Replace the stored model file through the artifact API, as a corrupted upload would.
+        import tempfile, os
+
+        uri = client.get_model_version_download_uri(name, str(version))
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "model.pkl")
+            with open(path, "wb") as f:
+                f.write(b"\x80\x05 this is not a pickle")
+            mlflow.artifacts.download_artifacts  # noqa: B018 (keeps the import used)
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            get_artifact_repository(uri).log_artifact(path)
+    rows = x_test.values.tolist()
+    print(json.dumps({
+        "version": version,
+        "run_id": run.info.run_id,
+        "model_id": getattr(info, "model_id", None),
+        "features": list(iris.data.columns),
+        "rows": rows,
+        "predictions": model.predict(x_test).tolist(),
+        "probabilities": model.predict_proba(x_test).tolist(),
+    }))
+
+
+def alias(tracking, name, alias_name, version):
+    MlflowClient(tracking).set_registered_model_alias(name, alias_name, version)
+    print(json.dumps({"alias": alias_name, "version": int(version)}))
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "log":
+        log(args[0], args[1], args[2], "--broken" in args[3:])
+    elif cmd == "alias":
+        alias(*args[:4])
+    else:
+        sys.exit(__doc__)

@@ -1,0 +1,278 @@
+//! MLflow models (`models:/NAME/VERSION`, `models:/NAME@ALIAS`) against a real MLflow tracking
+//! server from PyPI (tests/mlflow) and the real API server: a registered pickle is served with
+//! scikit-learn's predictions, an alias move rolls out, an outage keeps the model serving, basic
+//! auth, and the API server's validation of bad URIs.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use modelship_crds::MLModel;
+use modelship_tests::mlflow::{ADMIN, Logged, Mlflow, run_container};
+use modelship_tests::{
+    Operator, OperatorOptions, TestNamespace, client, install_crd, kubectl_stdin, wait_for, wait_ready,
+};
+
+fn apply(ns: &str, name: &str, model: serde_json::Value) {
+    let m = serde_json::json!({
+        "apiVersion": "modelship.dev/v1alpha1", "kind": "MLModel",
+        "metadata": {"name": name}, "spec": {"model": model, "replicas": 1},
+    });
+    kubectl_stdin(&["apply", "-n", ns, "-f", "-"], Some(&m.to_string())).unwrap();
+}
+
+fn condition(m: &MLModel, type_: &str) -> Option<(String, String, String)> {
+    let c = m.status.as_ref()?.condition(type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until condition `type_` of model `name` has `status`; returns the model, reason and message.
+async fn wait_condition(models: &Api<MLModel>, name: &str, type_: &str, status: &str) -> (MLModel, String, String) {
+    let what = format!("MLModel {name} {type_}={status}");
+    let m = wait_for(&what, Duration::from_secs(90), || async {
+        models.get(name).await.ok().filter(|m| condition(m, type_).is_some_and(|c| c.0 == status))
+    })
+    .await;
+    let (_, reason, message) = condition(&m, type_).unwrap();
+    (m, reason, message)
+}
+
+async fn server_container(c: &kube::Client, ns: &str, name: &str) -> k8s_openapi::api::core::v1::Container {
+    let d = Api::<Deployment>::namespaced(c.clone(), ns).get(name).await.unwrap();
+    d.spec.unwrap().template.spec.unwrap().containers.remove(0)
+}
+
+/// Runs the generated container and checks it predicts exactly what scikit-learn did.
+async fn serves_like_sklearn(container: &k8s_openapi::api::core::v1::Container, env: &[(&str, &str)], logged: &Logged) {
+    let (mut server, base) = run_container(container, env);
+    let http = reqwest::Client::new();
+    wait_for("the server's /readyz", Duration::from_secs(30), || async {
+        http.get(format!("{base}/readyz")).send().await.ok().filter(|r| r.status().is_success())
+    })
+    .await;
+    let resp = http.post(format!("{base}/predict")).json(&serde_json::json!({"features": logged.rows})).send().await;
+    let body: serde_json::Value = resp.unwrap().json().await.unwrap();
+    // V2 metadata names the features as the MLflow signature does.
+    let name = container.args.iter().flatten().skip_while(|a| *a != "--name").nth(1).cloned().unwrap_or_default();
+    let meta: serde_json::Value =
+        http.get(format!("{base}/v2/models/{name}")).send().await.unwrap().json().await.unwrap_or_default();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(body, serde_json::json!({"prediction": logged.predictions}), "scikit-learn's predictions");
+    assert_eq!(meta["inputs"][0]["parameters"]["feature_names"], serde_json::json!(logged.features), "{meta}");
+}
+
+async fn deployment_generation(c: &kube::Client, ns: &str, name: &str) -> Option<i64> {
+    Api::<Deployment>::namespaced(c.clone(), ns).get(name).await.ok()?.metadata.generation
+}
+
+#[tokio::test]
+async fn pinned_and_aliased_mlflow_models_roll_out_and_survive_an_outage() {
+    let c = client().await;
+    install_crd().await;
+    let mlflow = Mlflow::start(false);
+    let v1 = mlflow.log_model("iris", "cloudpickle");
+    let v2 = mlflow.log_model("iris", "pickle");
+    assert_eq!((v1.version, v2.version), (1, 2));
+    mlflow.set_alias("iris", "champion", 1);
+    let ns = TestNamespace::new(&c, "mlflow").await;
+    let _op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
+    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
+    let registry = serde_json::json!({"trackingURI": mlflow.url, "pollSeconds": 2});
+
+    // A pinned version: Ready, status.model filled, VERSION = the registry version.
+    apply(&ns.name, "pinned", serde_json::json!({"uri": "models:/iris/1", "registry": registry}));
+    let m = wait_ready(&models, "pinned", Some("1"), Duration::from_secs(90)).await;
+    let resolved = m.status.as_ref().unwrap().model.clone().unwrap();
+    assert_eq!(resolved.resolved_version.as_deref(), Some("1"));
+    assert!(resolved.source.as_deref().unwrap().starts_with("mlflow-artifacts:/"), "{resolved:?}");
+    assert_eq!(resolved.flavor.as_deref(), Some("sklearn"));
+    let pinned = server_container(&c, &ns.name, "pinned").await;
+    let args = pinned.args.clone().unwrap();
+    assert!(args.windows(2).any(|w| w == ["--model", "models:/iris/1"]), "{args:?}");
+    assert!(args.windows(2).any(|w| w == ["--mlflow-tracking-uri", mlflow.url.as_str()]), "{args:?}");
+    serves_like_sklearn(&pinned, &[], &v1).await;
+
+    // An unknown version: Degraded, naming it.
+    apply(&ns.name, "missing", serde_json::json!({"uri": "models:/iris/9", "registry": registry}));
+    let (_, reason, message) = wait_condition(&models, "missing", "Degraded", "True").await;
+    assert_eq!(reason, "RegistryModelNotFound");
+    assert!(message.contains("version 9 of registered model iris"), "{message}");
+
+    // An alias: moving it rolls out the new version within one poll.
+    apply(&ns.name, "champion", serde_json::json!({"uri": "models:/iris@champion", "registry": registry}));
+    wait_ready(&models, "champion", Some("1"), Duration::from_secs(90)).await;
+    // Watched from before the move: once status shows version 2 resolved, Ready is False until
+    // version 2's rollout is complete, then True.
+    let seen = ready_while_resolving(&models, "champion", "2");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    mlflow.set_alias("iris", "champion", 2);
+    let moved = Instant::now();
+    let seen = tokio::time::timeout(Duration::from_secs(60), seen).await.expect("rolled out within 60 s").unwrap();
+    eprintln!("alias move rolled out and Ready in {:?}: {seen:?}", moved.elapsed());
+    assert_eq!(seen.first().map(|s| s.0.as_str()), Some("False"), "Ready False first for version 2: {seen:?}");
+    assert_eq!(seen.last().map(|s| s.0.as_str()), Some("True"), "{seen:?}");
+    let m = wait_ready(&models, "champion", Some("2"), Duration::from_secs(10)).await;
+    assert_eq!(m.status.as_ref().unwrap().model.as_ref().unwrap().resolved_version.as_deref(), Some("2"));
+    let champion = server_container(&c, &ns.name, "champion").await;
+    assert!(champion.args.clone().unwrap().iter().any(|a| a == "models:/iris/2"));
+    serves_like_sklearn(&champion, &[], &v2).await;
+
+    // The tracking server goes away: the model stays Ready on version 2 and says so.
+    let generation = deployment_generation(&c, &ns.name, "champion").await;
+    mlflow.stop();
+    let (m, reason, message) = wait_condition(&models, "champion", "RegistryAvailable", "False").await;
+    assert_eq!(reason, "RegistryUnavailable");
+    assert!(message.contains(&mlflow.url), "{message}");
+    assert!(modelship_tests::is_ready(&m, Some("2")), "still Ready: {:?}", m.status);
+    assert!(
+        modelship_tests::is_ready(&models.get("pinned").await.unwrap(), Some("1")),
+        "a pinned version is not polled"
+    );
+
+    // Back again: recovers without a rollout.
+    mlflow.restart();
+    wait_condition(&models, "champion", "RegistryAvailable", "True").await;
+    assert_eq!(deployment_generation(&c, &ns.name, "champion").await, generation, "no rollout");
+    assert!(modelship_tests::is_ready(&models.get("champion").await.unwrap(), Some("2")));
+
+    // A canary from another alias gets its own pinned version.
+    mlflow.set_alias("iris", "challenger", 1);
+    let canary =
+        serde_json::json!({"model": {"uri": "models:/iris@challenger", "registry": registry}, "trafficPercent": 50});
+    let patch = serde_json::json!({"spec": {"replicas": 2, "canary": canary}});
+    modelship_tests::patch_mlmodel(&ns.name, "champion", &patch.to_string());
+    wait_condition(&models, "champion", "CanaryReady", "True").await;
+    let canary = server_container(&c, &ns.name, "champion-canary").await;
+    assert!(canary.args.clone().unwrap().iter().any(|a| a == "models:/iris/1"), "{:?}", canary.args);
+
+    // Moving the canary's alias rolls out the canary alone: the stable Deployment is untouched.
+    let stable_generation = deployment_generation(&c, &ns.name, "champion").await;
+    let v3 = mlflow.log_model("iris", "skops");
+    mlflow.set_alias("iris", "challenger", v3.version);
+    wait_for("the canary on version 3", Duration::from_secs(60), || async {
+        let canary = server_container(&c, &ns.name, "champion-canary").await;
+        canary.args.unwrap_or_default().iter().any(|a| a == "models:/iris/3").then_some(())
+    })
+    .await;
+    wait_condition(&models, "champion", "CanaryReady", "True").await;
+    assert_eq!(deployment_generation(&c, &ns.name, "champion").await, stable_generation, "stable untouched");
+    let canary = server_container(&c, &ns.name, "champion-canary").await;
+    serves_like_sklearn(&canary, &[], &v3).await;
+}
+
+/// Records `(Ready status, modelVersion)` of model `name` from the first status that shows
+/// `version` resolved until it is Ready on that version.
+fn ready_while_resolving(
+    models: &Api<MLModel>,
+    name: &str,
+    version: &str,
+) -> tokio::task::JoinHandle<Vec<(String, Option<String>)>> {
+    let stream = watcher::watcher(models.clone(), watcher::Config::default().fields(&format!("metadata.name={name}")))
+        .applied_objects();
+    let version = version.to_string();
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let mut stream = std::pin::pin!(stream);
+        while let Ok(Some(m)) = stream.try_next().await {
+            let st = m.status.clone().unwrap_or_default();
+            if st.model.as_ref().and_then(|r| r.resolved_version.as_deref()) != Some(version.as_str()) {
+                continue;
+            }
+            let ready = st.condition("Ready").map(|c| c.status.clone()).unwrap_or_default();
+            let done = ready == "True" && st.model_version.as_deref() == Some(version.as_str());
+            seen.push((ready, st.model_version.clone()));
+            if done {
+                break;
+            }
+        }
+        seen
+    })
+}
+
+#[tokio::test]
+async fn basic_auth_credentials_are_used_and_refusals_reported() {
+    let c = client().await;
+    install_crd().await;
+    let mlflow = Mlflow::start(true);
+    let v1 = mlflow.log_model("iris", "skops");
+    let model = serde_json::json!({"uri": "models:/iris/1", "registry": {"credentialsSecret": "mlflow-creds"}});
+    let operator = |ns: &str, password: &str| {
+        let mut opts = OperatorOptions::for_namespace(ns);
+        opts.extra_args =
+            ["--mlflow-tracking-uri", &mlflow.url, "--mlflow-username", ADMIN.0, "--mlflow-password", password]
+                .map(String::from)
+                .to_vec();
+        Operator::start_own(&opts)
+    };
+
+    // Right credentials: the operator resolves, the pod downloads with the Secret's.
+    let ns = TestNamespace::new(&c, "mlflow-auth").await;
+    let _op = operator(&ns.name, ADMIN.1);
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: mlflow-creds}}\nstringData: {{username: {}, password: {}}}\n",
+        ADMIN.0, ADMIN.1
+    );
+    kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&secret)).unwrap();
+    apply(&ns.name, "secured", model.clone());
+    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
+    wait_ready(&models, "secured", Some("1"), Duration::from_secs(90)).await;
+    let container = server_container(&c, &ns.name, "secured").await;
+    let refs: Vec<_> =
+        container.env.iter().flatten().filter_map(|e| e.value_from.as_ref()?.secret_key_ref.clone()).collect();
+    assert!(refs.iter().all(|r| r.name == "mlflow-creds") && refs.len() == 3, "{refs:?}");
+    let creds = [("MLFLOW_TRACKING_USERNAME", ADMIN.0), ("MLFLOW_TRACKING_PASSWORD", ADMIN.1)];
+    serves_like_sklearn(&container, &creds, &v1).await;
+    // Wrong credentials in the pod: one clear line, non-zero exit.
+    let (server, _) =
+        run_container(&container, &[("MLFLOW_TRACKING_USERNAME", ADMIN.0), ("MLFLOW_TRACKING_PASSWORD", "nope")]);
+    let out = server.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused the credentials"), "{stderr}");
+
+    // Wrong operator credentials: Degraded, credentials refused, and never logged.
+    let ns2 = TestNamespace::new(&c, "mlflow-auth-bad").await;
+    let op2 = operator(&ns2.name, "wrong-password-x7");
+    apply(&ns2.name, "secured", model);
+    let models2: Api<MLModel> = Api::namespaced(c.clone(), &ns2.name);
+    let (_, reason, message) = wait_condition(&models2, "secured", "Degraded", "True").await;
+    assert_eq!(reason, "RegistryCredentialsRefused");
+    assert!(message.contains("refused the credentials"), "{message}");
+    assert!(!op2.log_text().contains("wrong-password-x7"), "the operator log shows the password");
+}
+
+#[tokio::test]
+async fn bad_mlflow_uris_are_refused_by_the_api_server() {
+    let c = client().await;
+    install_crd().await;
+    let ns = TestNamespace::new(&c, "mlflow-uris").await;
+    for uri in ["models:/", "models:/x/notanumber", "runs:/", "runs:/abc"] {
+        let m = serde_json::json!({
+            "apiVersion": "modelship.dev/v1alpha1", "kind": "MLModel",
+            "metadata": {"name": "bad"}, "spec": {"model": {"uri": uri}},
+        });
+        let e = kubectl_stdin(&["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], Some(&m.to_string()))
+            .expect_err(uri)
+            .to_string();
+        assert!(e.contains("spec.model.uri") && e.contains("models:/NAME/VERSION"), "{uri}: {e}");
+    }
+    let ok = serde_json::json!({
+        "apiVersion": "modelship.dev/v1alpha1", "kind": "MLModel", "metadata": {"name": "good"},
+        "spec": {"model": {"uri": "models:/iris@champion", "registry": {"trackingURI": "ftp://x"}}},
+    });
+    let e = kubectl_stdin(&["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], Some(&ok.to_string()))
+        .expect_err("ftp tracking URI")
+        .to_string();
+    assert!(e.contains("spec.model.registry.trackingURI"), "{e}");
+    for uri in ["models:/iris/3", "models:/iris@champion", "runs:/0a1b2c/model"] {
+        let m = serde_json::json!({
+            "apiVersion": "modelship.dev/v1alpha1", "kind": "MLModel",
+            "metadata": {"name": "good"}, "spec": {"model": {"uri": uri}},
+        });
+        kubectl_stdin(&["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], Some(&m.to_string())).unwrap();
+    }
+}
