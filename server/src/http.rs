@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -176,13 +177,26 @@ pub(crate) async fn admit(State(state): State<Arc<AppState>>, mut req: Request, 
         return ApiError::Busy(state.limits.max_concurrent_requests).into_response();
     };
     let timeout = state.limits.request_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let held = Arc::new(Held { _permit: permit, body_read: AtomicBool::new(false) });
     req.extensions_mut().insert(Admission { held: held.clone() });
-    match tokio::time::timeout(timeout, next.run(req)).await {
-        Ok(resp) => resp,
-        Err(_) if !held.body_read.load(Ordering::Acquire) => ApiError::BodyTimeout(timeout).into_response(),
-        Err(_) => ApiError::Timeout(timeout).into_response(),
+    match within(deadline, next.run(req)).await {
+        Some(resp) => resp,
+        None if !held.body_read.load(Ordering::Acquire) => ApiError::BodyTimeout(timeout).into_response(),
+        None => ApiError::Timeout(timeout).into_response(),
     }
+}
+
+/// `fut`'s output if it finishes by `deadline` (as `tokio::time::timeout_at`), with the timer
+/// set only if `fut` does not finish on its first poll: a small request whose body came with its
+/// headers (hyper hands the body over before it polls the handler) never touches the runtime's
+/// timer wheel, which otherwise costs a registration and a cancellation on every request.
+pub(crate) async fn within<F: Future>(deadline: tokio::time::Instant, fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+        return Some(out);
+    }
+    tokio::time::timeout_at(deadline, fut).await.ok()
 }
 
 /// The request body (bounded in time by [`admit`]'s timeout, which answers 408 while it is read).
