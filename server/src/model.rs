@@ -67,7 +67,7 @@ pub enum InputError {
     /// A missing value (JSON `null`, NaN) for a model that cannot take one.
     #[error(
         "row {row}, feature {feature}: missing value (null or NaN), but this model takes only finite numbers \
-         (HistGradientBoosting models and pipelines with a SimpleImputer take missing values)"
+         (HistGradientBoosting models and pipelines with a SimpleImputer take missing values, and their ONNX exports)"
     )]
     Missing { row: usize, feature: String },
     /// An ONNX model whose inputs are not one 2-D numeric tensor.
@@ -139,9 +139,13 @@ impl Model {
         Ok(())
     }
 
-    /// Whether rows may carry NaN as "missing" (some scikit-learn models; never linfa ones).
+    /// Whether rows may carry NaN as "missing" (some scikit-learn models and ONNX graphs; never linfa ones).
     pub fn handles_nan(&self) -> bool {
-        matches!(&self.artifact.estimator, Estimator::Sklearn(m) if m.handles_nan())
+        match &self.artifact.estimator {
+            Estimator::Sklearn(m) => m.handles_nan(),
+            Estimator::Onnx(m) => m.takes_missing,
+            _ => false,
+        }
     }
 
     /// `classes_` of a scikit-learn classifier, which predictions are answered with (ints or

@@ -35,3 +35,8 @@ pub fn int(node: &NodeProto, name: &str) -> Option<i64> {
 pub fn string(node: &NodeProto, name: &str) -> Option<String> {
     find(node, name).map(|a| String::from_utf8_lossy(&a.s).into())
 }
+
+/// A single `float` attribute.
+pub fn float(node: &NodeProto, name: &str) -> Option<f32> {
+    find(node, name).map(|a| a.f)
+}

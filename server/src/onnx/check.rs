@@ -211,14 +211,17 @@ fn tree_ensemble(node: &NodeProto, leaf: &str, n_outputs: usize) -> Result<(), O
             return Err(bad(format!("a vote is for output {} of {n_outputs}", leaf_ids[i])));
         }
     }
-    if !base_len_ok(floats(node, "base_values").len(), n_outputs) {
+    // skl2onnx's binary layout (boosting for two classes): every vote goes to one score, the
+    // second class's, with one base value for it.
+    let one_score = leaf == "class" && n_outputs == 2 && leaf_ids.iter().all(|&c| c == 0);
+    if !base_len_ok(floats(node, "base_values").len(), n_outputs, one_score) {
         return Err(bad(format!("base_values must have {n_outputs} values")));
     }
     Ok(())
 }
 
-fn base_len_ok(len: usize, n_outputs: usize) -> bool {
-    len == 0 || len == n_outputs
+fn base_len_ok(len: usize, n_outputs: usize, one_score: bool) -> bool {
+    len == 0 || len == n_outputs || (one_score && len == 1)
 }
 
 /// Node counts of trees 0, 1, ..., from tree ids that start at 0 and grow by at most 1.
@@ -255,6 +258,13 @@ mod tests {
         g.output = vec![value("y")];
         let e = outputs_are_defined(&g).unwrap_err().to_string();
         assert!(e.contains("graph output \"y\""), "{e}");
+    }
+
+    #[test]
+    fn one_base_value_only_for_the_binary_one_score_layout() {
+        assert!(base_len_ok(0, 3, false) && base_len_ok(3, 3, false) && base_len_ok(2, 2, true));
+        assert!(base_len_ok(1, 2, true));
+        assert!(!base_len_ok(1, 2, false) && !base_len_ok(1, 3, false) && !base_len_ok(3, 2, true));
     }
 
     #[test]

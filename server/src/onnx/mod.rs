@@ -65,6 +65,10 @@ pub struct OnnxModel {
     pub class_labels: Vec<String>,
     /// `producer_name producer_version` of the file.
     pub producer: String,
+    /// Whether the graph says what a missing value (NaN) means: an `Imputer` replacing NaN, or
+    /// tree ensembles that route NaN (`nodes_missing_value_tracks_true`, HistGradientBoosting's).
+    /// Other graphs get no NaN: the request is refused, as for the scikit-learn file.
+    pub takes_missing: bool,
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -113,6 +117,7 @@ impl OnnxModel {
             *op_counts.entry(node.op_type.clone()).or_insert(0) += 1;
         }
         let class_labels = class_labels(graph);
+        let takes_missing = takes_missing(graph);
         let plan = guarded(|| {
             let mut model = onnx.model_for_proto_model(&proto).map_err(|e| one_line(&e))?;
             for (i, spec) in inputs.iter().enumerate() {
@@ -126,7 +131,7 @@ impl OnnxModel {
             return Err(OnnxError::Invalid("the graph's declared inputs or outputs do not match its nodes".into()));
         }
         let producer = format!("{} {}", proto.producer_name, proto.producer_version).trim().to_string();
-        Ok(Self { plan, inputs, outputs, op_counts, class_labels, producer })
+        Ok(Self { plan, inputs, outputs, op_counts, class_labels, producer, takes_missing })
     }
 
     /// Runs the graph on one tensor per input (in [`OnnxModel::inputs`] order), returning one per
@@ -176,6 +181,7 @@ impl OnnxModel {
             "outputs": self.outputs.iter().map(TensorSpec::metadata).collect::<Vec<_>>(),
             "class_labels": self.class_labels,
             "ops": self.op_counts,
+            "takes_missing_values": self.takes_missing,
         })
     }
 }
@@ -198,6 +204,17 @@ fn input_fact(symbols: &SymbolScope, spec: &TensorSpec) -> InferenceFact {
         })
         .collect();
     fact.with_shape(dims)
+}
+
+/// See [`OnnxModel::takes_missing`].
+fn takes_missing(graph: &pb::GraphProto) -> bool {
+    graph.node.iter().any(|n| match n.op_type.as_str() {
+        "Imputer" => attrs::float(n, "replaced_value_float").is_some_and(f32::is_nan),
+        "TreeEnsembleClassifier" | "TreeEnsembleRegressor" => {
+            attrs::ints(n, "nodes_missing_value_tracks_true").iter().any(|&v| v != 0)
+        }
+        _ => false,
+    })
 }
 
 /// `classlabels_int64s` / `classlabels_strings` of the first classifier node that has them.

@@ -1,5 +1,6 @@
 //! The ONNX-ML operators skl2onnx emits that tract 0.23 lacks: `Scaler` (StandardScaler and
-//! friends) and `TreeEnsembleRegressor` (forests and boosting for regression), and a fix of its
+//! friends), `Imputer` (SimpleImputer) and `TreeEnsembleRegressor` (trees, forests and boosting
+//! for regression), and a fix of its
 //! binary `TreeEnsembleClassifier` label. Both are built from
 //! tract's own kernels; the regressor's trees are proved sound by `check` before they get here.
 
@@ -9,11 +10,12 @@ use tract_onnx::tract_hir::internal::*;
 use tract_onnx::tract_hir::ops::array::TypedConcat;
 use tract_onnx_opl::ml::tree::{Aggregate, Cmp, TreeEnsemble, TreeEnsembleData};
 
-use super::attrs::{floats, ints, string, strings};
+use super::attrs::{float, floats, ints, string, strings};
 
 /// Adds our operators to tract's register.
 pub fn register(reg: &mut OnnxOpRegister) {
     reg.insert("Scaler", scaler);
+    reg.insert("Imputer", imputer);
     reg.insert("TreeEnsembleRegressor", tree_regressor);
     reg.insert("TreeEnsembleClassifier", tree_classifier);
 }
@@ -75,6 +77,62 @@ impl Expansion for Scaler {
         let scale = model.add_const(format!("{prefix}.scale"), self.scale.clone())?;
         let x = model.wire_node(format!("{prefix}.sub"), tract_core::ops::math::sub(), &[x[0], offset])?;
         model.wire_node(format!("{prefix}.mul"), tract_core::ops::math::mul(), &[x[0], scale])
+    }
+}
+
+/// SimpleImputer: each value equal to `replaced_value_float` (NaN, as skl2onnx writes it for
+/// `missing_values=np.nan`, matches every NaN) becomes its column's `imputed_value_floats` entry
+/// (or the single value for all columns). Float inputs only; the output has the input's type.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct Imputer {
+    imputed: Arc<Tensor>,
+    replaced: u32,
+}
+
+fn imputer(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let imputed = floats(node, "imputed_value_floats");
+    ensure!(!imputed.is_empty(), "Imputer without imputed_value_floats (integer imputation) is not supported");
+    let imputed = tensor1(imputed).into_shape(&[1, imputed.len()])?.into_arc_tensor();
+    let replaced = float(node, "replaced_value_float").unwrap_or(0.0).to_bits();
+    Ok((expand(Imputer { imputed, replaced }), vec![]))
+}
+
+impl Expansion for Imputer {
+    fn name(&self) -> StaticName {
+        "Imputer".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_input_arity(inputs, 1)?;
+        check_output_arity(outputs, 1)?;
+        s.equals(&inputs[0].rank, 2)?;
+        s.equals(&inputs[0].datum_type, &outputs[0].datum_type)?;
+        s.equals(&inputs[0].shape, &outputs[0].shape)?;
+        Ok(())
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        let fact = model.outlet_fact(inputs[0])?.clone();
+        ensure!(fact.datum_type.is_float(), "Imputer on {:?} input is not supported (float only)", fact.datum_type);
+        let n = self.imputed.shape()[1];
+        ensure!(n == 1 || fact.shape[1] == n.to_dim(), "Imputer has {n} values for {} columns", fact.shape[1]);
+        let imputed =
+            model.add_const(format!("{prefix}.imputed"), self.imputed.cast_to_dt(fact.datum_type)?.into_owned())?;
+        let replaced = f32::from_bits(self.replaced);
+        let missing = if replaced.is_nan() {
+            model.wire_node(format!("{prefix}.is_nan"), tract_core::ops::math::is_nan(), inputs)?
+        } else {
+            let value = tensor2(&[[replaced]]).cast_to_dt(fact.datum_type)?.into_owned();
+            let value = model.add_const(format!("{prefix}.replaced"), value)?;
+            let eq = tract_core::ops::binary::TypedBinOp(tract_core::ops::logic::comp_eq(), None);
+            model.wire_node(format!("{prefix}.is_replaced"), eq, &[inputs[0], value])?
+        };
+        model.wire_node(format!("{prefix}.fill"), tract_core::ops::logic::Iff, &[missing[0], imputed, inputs[0]])
     }
 }
 

@@ -54,12 +54,17 @@ fn flatten(v: &Value, depth: usize, out: &mut Vec<f64>, integer: bool) -> Result
             out.push(f64::from(u8::from(*b)));
             Ok(())
         }
+        // A missing value, as for the scikit-learn file; `input_tensor` refuses it unless the graph takes NaN.
+        Value::Null if !integer => {
+            out.push(f64::NAN);
+            Ok(())
+        }
         other => Err(format!("data must hold numbers nested like the shape, found {other}")),
     }
 }
 
 /// One request input as a tract tensor, checked against the graph's input of that name.
-fn input_tensor(spec: &TensorSpec, input: &Input, max_rows: usize) -> Result<TValue, ApiError> {
+fn input_tensor(spec: &TensorSpec, input: &Input, max_rows: usize, takes_missing: bool) -> Result<TValue, ApiError> {
     let name = &input.name;
     let err = |m: String| bad(format!("input {name:?}: {m}"));
     if input.datatype != spec.datatype.v2_name() {
@@ -84,10 +89,14 @@ fn input_tensor(spec: &TensorSpec, input: &Input, max_rows: usize) -> Result<TVa
     if values.len() != n {
         return Err(err(format!("shape {shape:?} needs {n} values, data has {}", values.len())));
     }
-    if let Some(at) = values.iter().position(|v| !v.is_finite()) {
+    if let Some(at) = values.iter().position(|v| !(v.is_finite() || takes_missing && v.is_nan())) {
         let per_row = n / shape.first().copied().unwrap_or(1).max(1);
         let (row, feature) = (at / per_row.max(1), (at % per_row.max(1)).to_string());
-        return Err(ApiError::Input(InputError::NotFinite { row, feature }));
+        return Err(ApiError::Input(if values[at].is_nan() {
+            InputError::Missing { row, feature }
+        } else {
+            InputError::NotFinite { row, feature }
+        }));
     }
     Ok(spec.tensor(&shape, &values).map_err(bad)?.into_tvalue())
 }
@@ -99,7 +108,7 @@ pub fn infer(m: &OnnxModel, body: &[u8], max_rows: usize) -> Result<Value, ApiEr
     for spec in &m.inputs {
         let given: Vec<&Input> = req.inputs.iter().filter(|i| i.name == spec.name).collect();
         match given.as_slice() {
-            [one] => inputs.push(input_tensor(spec, one, max_rows)?),
+            [one] => inputs.push(input_tensor(spec, one, max_rows, m.takes_missing)?),
             [] => return Err(bad(format!("input {:?} is missing", spec.name))),
             _ => return Err(bad(format!("input {:?} is given more than once", spec.name))),
         }

@@ -15,13 +15,46 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from skl2onnx import to_onnx
-from sklearn.ensemble import GradientBoostingRegressor, RandomForestClassifier, RandomForestRegressor
-from sklearn.linear_model import LinearRegression, LogisticRegression
-from sklearn.neural_network import MLPClassifier
+from skl2onnx.common import tree_ensemble as _tree_ensemble
+from sklearn.base import is_classifier
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    ExtraTreesRegressor,
+    GradientBoostingClassifier,
+    GradientBoostingRegressor,
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import (
+    ElasticNet,
+    Lasso,
+    LinearRegression,
+    LogisticRegression,
+    Ridge,
+    SGDClassifier,
+    SGDRegressor,
+)
+from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, RobustScaler, StandardScaler
+from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 warnings.filterwarnings("ignore")
+
+# skl2onnx 1.20 gives HistGradientBoosting leaves a Python bool for
+# nodes_missing_value_tracks_true, which onnx 1.23 refuses in an INTS attribute ("Expected an
+# int, got a boolean"), so no HistGradientBoosting model exports; pass it on as the int it means.
+_add_node = _tree_ensemble.add_node
+
+
+def _add_node_int(*args, nodes_missing_value_tracks_true=0, **kwargs):
+    return _add_node(*args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kwargs)
+
+
+_tree_ensemble.add_node = _add_node_int
 N_TRAIN, N_TEST, N_FEATURES = 2000, 1000, 6
 # ai.onnx.ml 3: the TreeEnsembleClassifier/Regressor operators (opset 5 would emit TreeEnsemble).
 OPSET = {"": 17, "ai.onnx.ml": 3}
@@ -34,28 +67,61 @@ y_3 = np.digitize(score + rng.randn(len(X)) * 0.5, [-1.0, 1.0])
 y_reg = X @ [1.5, -2.0, 0.7, 0.1, 3.0, 0.05] + np.sin(X[:, 0]) * 2 + rng.randn(len(X)) * 0.3
 train, test = slice(0, N_TRAIN), slice(N_TRAIN, None)
 
+# Rows with NaN in two columns, for the estimators that take missing values (HistGradientBoosting
+# learns where they go; SimpleImputer fills them in).
+X_NAN = X.copy()
+X_NAN[rng.rand(len(X)) < 0.1, 0] = np.nan
+X_NAN[rng.rand(len(X)) < 0.1, 3] = np.nan
+
+F32, BOTH = ["float32"], ["float32", "float64"]
 MODELS = [
-    # (name, estimator, target, dtypes)
-    ("logistic_multinomial", LogisticRegression(max_iter=500), y_3, ["float32", "float64"]),
-    ("logistic_binary", LogisticRegression(max_iter=500), y_bin, ["float32"]),
-    ("scaler_logistic", make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)), y_3, ["float32", "float64"]),
-    ("forest_classifier", RandomForestClassifier(n_estimators=20, max_depth=8, random_state=0), y_3, ["float32"]),
-    ("forest_binary", RandomForestClassifier(n_estimators=10, max_depth=6, random_state=0), y_bin, ["float32"]),
-    ("forest_regressor", RandomForestRegressor(n_estimators=20, max_depth=8, random_state=0), y_reg, ["float32"]),
-    ("boosting_regressor", GradientBoostingRegressor(n_estimators=30, max_depth=3, random_state=0), y_reg, ["float32"]),
-    ("linear_regression", LinearRegression(), y_reg, ["float32", "float64"]),
-    ("mlp_classifier", MLPClassifier(hidden_layer_sizes=(32, 16), max_iter=300, random_state=0), y_3, ["float32", "float64"]),
+    # (name, estimator, target, dtypes, rows)
+    ("logistic_multinomial", LogisticRegression(max_iter=500), y_3, BOTH, X),
+    ("logistic_binary", LogisticRegression(max_iter=500), y_bin, F32, X),
+    ("scaler_logistic", make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)), y_3, BOTH, X),
+    ("linear_regression", LinearRegression(), y_reg, BOTH, X),
+    ("ridge", Ridge(alpha=2.0), y_reg, BOTH, X),
+    ("lasso", Lasso(alpha=0.05), y_reg, F32, X),
+    ("elastic_net", ElasticNet(alpha=0.05, l1_ratio=0.3), y_reg, F32, X),
+    ("sgd_classifier", make_pipeline(StandardScaler(), SGDClassifier(random_state=0)), y_3, F32, X),
+    ("sgd_log_classifier", make_pipeline(StandardScaler(), SGDClassifier(loss="log_loss", random_state=0)), y_bin, F32, X),
+    ("sgd_regressor", make_pipeline(StandardScaler(), SGDRegressor(random_state=0)), y_reg, F32, X),
+    ("tree_classifier", DecisionTreeClassifier(max_depth=8, random_state=0), y_3, F32, X),
+    ("tree_regressor", DecisionTreeRegressor(max_depth=8, random_state=0), y_reg, F32, X),
+    ("forest_classifier", RandomForestClassifier(n_estimators=20, max_depth=8, random_state=0), y_3, F32, X),
+    ("forest_binary", RandomForestClassifier(n_estimators=10, max_depth=6, random_state=0), y_bin, F32, X),
+    ("forest_regressor", RandomForestRegressor(n_estimators=20, max_depth=8, random_state=0), y_reg, F32, X),
+    ("extra_trees_classifier", ExtraTreesClassifier(n_estimators=20, max_depth=8, random_state=0), y_3, F32, X),
+    ("extra_trees_regressor", ExtraTreesRegressor(n_estimators=20, max_depth=8, random_state=0), y_reg, F32, X),
+    ("boosting_classifier", GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=0), y_3, F32, X),
+    ("boosting_binary", GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=0), y_bin, F32, X),
+    ("boosting_regressor", GradientBoostingRegressor(n_estimators=30, max_depth=3, random_state=0), y_reg, F32, X),
+    ("hist_boosting_classifier", HistGradientBoostingClassifier(max_iter=30, random_state=0), y_3, F32, X_NAN),
+    ("hist_boosting_binary", HistGradientBoostingClassifier(max_iter=30, random_state=0), y_bin, F32, X_NAN),
+    ("hist_boosting_regressor", HistGradientBoostingRegressor(max_iter=30, random_state=0), y_reg, F32, X_NAN),
+    ("minmax_logistic", make_pipeline(MinMaxScaler(), LogisticRegression(max_iter=500)), y_3, F32, X),
+    ("maxabs_logistic", make_pipeline(MaxAbsScaler(), LogisticRegression(max_iter=500)), y_3, F32, X),
+    ("robust_ridge", make_pipeline(RobustScaler(), Ridge()), y_reg, F32, X),
+    ("imputer_logistic", make_pipeline(SimpleImputer(), StandardScaler(), LogisticRegression(max_iter=500)), y_3, F32, X_NAN),
+    ("imputer_median_ridge", make_pipeline(SimpleImputer(strategy="median"), Ridge()), y_reg, F32, X_NAN),
+    ("mlp_classifier", MLPClassifier(hidden_layer_sizes=(32, 16), max_iter=300, random_state=0), y_3, BOTH, X),
+    ("mlp_regressor", make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(32,), max_iter=300, random_state=0)), y_reg, F32, X),
 ]
+
+
+def rows(x):
+    """Rows as JSON: NaN (not JSON) as null."""
+    return [[None if np.isnan(v) else float(v) for v in row] for row in x]
 
 
 def main(out):
     os.makedirs(out, exist_ok=True)
     models = []
-    for name, est, y, dtypes in MODELS:
-        est.fit(X[train], y[train])
+    for name, est, y, dtypes, data in MODELS:
+        est.fit(data[train], y[train])
         for dtype in dtypes:
-            x = X[test].astype(dtype)
-            options = {id(est): {"zipmap": False}} if hasattr(est, "predict_proba") else None
+            x = data[test].astype(dtype)
+            options = {id(est): {"zipmap": False}} if is_classifier(est) else None
             onx = to_onnx(est, x[:1], options=options, target_opset=OPSET)
             file = f"{name}-{dtype}.onnx"
             with open(os.path.join(out, file), "wb") as f:
@@ -75,7 +141,7 @@ def main(out):
                     "input": inp.name,
                     "datatype": "FP32" if dtype == "float32" else "FP64",
                     "ops": ops,
-                    "x": X[test].tolist(),
+                    "x": rows(data[test]),
                     "outputs": outputs,
                 }
             )
