@@ -212,7 +212,7 @@ fn split_body(json_len: Option<usize>, body: &[u8]) -> Result<(&[u8], &[u8]), Ap
 }
 
 /// Size in bytes of one element of a numeric datatype.
-fn element_size(datatype: &str) -> usize {
+pub fn element_size(datatype: &str) -> usize {
     match datatype {
         "INT8" | "UINT8" => 1,
         "FP16" | "INT16" | "UINT16" => 2,
@@ -366,10 +366,10 @@ fn output(
 
 fn run_infer(state: &AppState, model: &Model, json_part: &[u8], binary: &[u8]) -> Result<Response, ApiError> {
     if let Estimator::Onnx(m) = &model.artifact.estimator {
-        let mut resp = crate::onnx::v2::infer(m, json_part, state.limits.max_rows)?;
+        let (mut resp, blobs) = crate::onnx::v2::infer(m, json_part, binary, state.limits.max_rows)?;
         resp["model_name"] = json!(model.name);
         resp["model_version"] = json!(model.version);
-        return Ok(json_from_model(state, &resp));
+        return Ok(respond(state, &resp, &blobs));
     }
     let req =
         infer_request::parse(json_part, state.budget(model), output_names(model)).map_err(ApiError::BadRequest)?;
@@ -394,11 +394,16 @@ fn run_infer(state: &AppState, model: &Model, json_part: &[u8], binary: &[u8]) -
     if let Some(id) = req.id {
         resp["id"] = json!(id);
     }
+    Ok(respond(state, &resp, &blobs))
+}
+
+/// The response: JSON alone, or with binary outputs the binary tensor data extension's body (the
+/// JSON header, then each binary output in order).
+fn respond(state: &AppState, resp: &Value, blobs: &[Vec<u8>]) -> Response {
     if blobs.is_empty() {
-        return Ok(json_from_model(state, &resp));
+        return json_from_model(state, resp);
     }
-    // Binary tensor data extension: the JSON header, then each binary output in order.
-    let mut body = serde_json::to_vec(&resp).unwrap_or_default();
+    let mut body = serde_json::to_vec(resp).unwrap_or_default();
     let header_len = body.len();
     blobs.iter().for_each(|b| body.extend_from_slice(b));
     let mut response = json_from_model(state, &());
@@ -407,5 +412,5 @@ fn run_infer(state: &AppState, model: &Model, json_part: &[u8], binary: &[u8]) -
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     h.insert(INFERENCE_HEADER, HeaderValue::from(header_len));
     h.remove(header::CONTENT_LENGTH);
-    Ok(response.into_response())
+    response.into_response()
 }

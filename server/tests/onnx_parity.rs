@@ -268,6 +268,26 @@ async fn the_server_answers_v2_by_name_like_onnxruntime() {
             assert!(e.contains("row 0, feature 1: missing value"), "{name}: {e}");
         }
 
+        // Binary tensor data (tritonclient's default; tests/v2-clients checks the client itself):
+        // a size the shape does not need, or more bytes than were sent, is a 400 naming it.
+        let need = if m["datatype"] == "FP32" { 24 } else { 48 };
+        for (declared, sent, want) in [(need - 1, need - 1, "binary_data_size is"), (need, need - 1, "exceeds the")] {
+            let header = json!({"inputs": [{"name": "X", "shape": [1, 6], "datatype": m["datatype"],
+                                             "parameters": {"binary_data_size": declared}}]})
+            .to_string();
+            let mut body = header.clone().into_bytes();
+            body.extend(std::iter::repeat_n(0u8, sent));
+            let resp = client
+                .post(format!("{base}/v2/models/m/infer"))
+                .header("Inference-Header-Content-Length", header.len())
+                .body(body)
+                .send()
+                .await
+                .expect("infer");
+            let (status, e) = (resp.status(), resp.text().await.expect("body"));
+            assert!(status == 400 && e.contains(want), "{name} binary {declared}/{sent}: {status} {e}");
+        }
+
         let rows: Vec<Value> = m["x"].as_array().expect("rows")[..50].to_vec();
         let resp =
             client.post(format!("{base}/predict")).json(&json!({"features": rows})).send().await.expect("predict");
@@ -313,7 +333,7 @@ fn mutated_files_never_panic() {
                 }
             }
             if let Ok(model) = OnnxModel::from_bytes(&bytes) {
-                let _ = modelship_server::onnx::v2::infer(&model, body.as_bytes(), 16);
+                let _ = modelship_server::onnx::v2::infer(&model, body.as_bytes(), &[], 16);
             }
             Ok(())
         })

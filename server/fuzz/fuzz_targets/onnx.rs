@@ -24,5 +24,5 @@ fuzz_target!(|bytes: &[u8]| {
         })
         .collect();
     let body = serde_json::json!({ "inputs": inputs }).to_string();
-    let _ = modelship_server::onnx::v2::infer(&model, body.as_bytes(), 16);
+    let _ = modelship_server::onnx::v2::infer(&model, body.as_bytes(), &[], 16);
 });

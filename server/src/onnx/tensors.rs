@@ -158,6 +158,29 @@ pub fn output_json(t: &Tensor) -> Result<(DataType, Vec<usize>, Value), String> 
     Ok((dt, t.shape().to_vec(), data))
 }
 
+/// An output in the binary tensor data encoding: little-endian values, one byte per BOOL, each
+/// BYTES element prefixed by its 4-byte little-endian length.
+pub fn output_binary(t: &Tensor) -> Result<(DataType, Vec<usize>, Vec<u8>), String> {
+    if t.datum_type() == DatumType::TDim {
+        let ints = t.cast_to::<i64>().map_err(|e| e.to_string())?;
+        return output_binary(&ints);
+    }
+    let dt = DataType::from_datum(t.datum_type())
+        .ok_or_else(|| format!("output type {:?} is not supported", t.datum_type()))?;
+    let bytes = match dt {
+        DataType::Fp32 => values::<f32>(t)?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DataType::Fp64 => values::<f64>(t)?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DataType::Int32 => values::<i32>(t)?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DataType::Int64 => values::<i64>(t)?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DataType::Bool => values::<bool>(t)?.into_iter().map(u8::from).collect(),
+        DataType::Bytes => values::<String>(t)?
+            .iter()
+            .flat_map(|s| (s.len() as u32).to_le_bytes().into_iter().chain(s.bytes()))
+            .collect(),
+    };
+    Ok((dt, t.shape().to_vec(), bytes))
+}
+
 /// A tensor's elements, row-major.
 pub fn values<T: Datum + Clone>(t: &Tensor) -> Result<Vec<T>, String> {
     t.to_plain_array_view::<T>().map(|a| a.iter().cloned().collect()).map_err(|e| e.to_string())

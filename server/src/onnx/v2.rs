@@ -20,6 +20,8 @@ struct Request {
     inputs: Vec<Input>,
     #[serde(default)]
     outputs: Vec<RequestedOutput>,
+    #[serde(default)]
+    parameters: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -35,6 +37,17 @@ struct Input {
 #[derive(Deserialize)]
 struct RequestedOutput {
     name: String,
+    #[serde(default)]
+    parameters: Option<Value>,
+}
+
+/// A boolean parameter (`binary_data_output`, `binary_data`), if given.
+fn flag(parameters: Option<&Value>, name: &str) -> Result<Option<bool>, ApiError> {
+    match parameters.and_then(|p| p.get(name)) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(bad(format!("parameter {name} must be true or false, not {other}"))),
+    }
 }
 
 fn bad(m: String) -> ApiError {
@@ -63,16 +76,28 @@ fn flatten(v: &Value, depth: usize, out: &mut Vec<f64>, integer: bool) -> Result
     }
 }
 
-/// One request input as a tract tensor, checked against the graph's input of that name.
-fn input_tensor(spec: &TensorSpec, input: &Input, max_rows: usize, takes_missing: bool) -> Result<TValue, ApiError> {
+/// One request input as a tract tensor, checked against the graph's input of that name. Binary
+/// data (`parameters.binary_data_size`) is taken from the front of `binary`, which is advanced.
+fn input_tensor(
+    spec: &TensorSpec,
+    input: &Input,
+    max_rows: usize,
+    takes_missing: bool,
+    binary: &mut &[u8],
+) -> Result<TValue, ApiError> {
     let name = &input.name;
     let err = |m: String| bad(format!("input {name:?}: {m}"));
     if input.datatype != spec.datatype.v2_name() {
         return Err(err(format!("datatype {} given, the model takes {}", input.datatype, spec.datatype.v2_name())));
     }
-    if input.parameters.as_ref().and_then(|p| p.get("binary_data_size")).is_some() {
-        return Err(err("binary tensor data is not supported for ONNX models; send \"data\"".into()));
-    }
+    let binary_size = match input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
+        None => None,
+        Some(size) => Some(
+            size.as_u64()
+                .and_then(|s| usize::try_from(s).ok())
+                .ok_or_else(|| err(format!("binary_data_size must be a byte count, not {size}")))?,
+        ),
+    };
     let shape = input
         .shape
         .iter()
@@ -83,9 +108,29 @@ fn input_tensor(spec: &TensorSpec, input: &Input, max_rows: usize, takes_missing
         return Err(ApiError::Input(InputError::TooManyRows { got: rows, limit: max_rows }));
     }
     let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| err("shape overflows".into()))?;
-    let data = input.data.as_ref().ok_or_else(|| err("has no \"data\"".into()))?;
     let mut values = Vec::new();
-    flatten(data, shape.len().max(1), &mut values, !spec.datatype.is_float()).map_err(err)?;
+    match (binary_size, input.data.as_ref()) {
+        (Some(size), _) => {
+            if !spec.datatype.is_numeric() {
+                return Err(err(format!("binary data for {} inputs is not supported; send \"data\"", input.datatype)));
+            }
+            let need = n.checked_mul(crate::v2::element_size(&input.datatype));
+            if need != Some(size) {
+                return Err(err(format!(
+                    "binary_data_size is {size} but shape {shape:?} of {} needs {n} values",
+                    input.datatype
+                )));
+            }
+            if size > binary.len() {
+                return Err(err(format!("binary_data_size {size} exceeds the {} binary bytes left", binary.len())));
+            }
+            let (bytes, rest) = binary.split_at(size);
+            *binary = rest;
+            values = crate::v2::decode_binary(&input.datatype, bytes).map_err(err)?;
+        }
+        (None, Some(data)) => flatten(data, shape.len().max(1), &mut values, !spec.datatype.is_float()).map_err(err)?,
+        (None, None) => return Err(err("has neither \"data\" nor parameters.binary_data_size".into())),
+    }
     if values.len() != n {
         return Err(err(format!("shape {shape:?} needs {n} values, data has {}", values.len())));
     }
@@ -101,14 +146,24 @@ fn input_tensor(spec: &TensorSpec, input: &Input, max_rows: usize, takes_missing
     Ok(spec.tensor(&shape, &values).map_err(bad)?.into_tvalue())
 }
 
-/// Runs a V2 request on an ONNX model and returns the response body (without name and version).
-pub fn infer(m: &OnnxModel, body: &[u8], max_rows: usize) -> Result<Value, ApiError> {
+/// Runs a V2 request on an ONNX model: `body` is the JSON part, `binary` the binary tensor data
+/// after it (empty without the extension). Returns the response JSON (without name and version)
+/// and the binary outputs in order, whose sizes the JSON gives.
+pub fn infer(m: &OnnxModel, body: &[u8], binary: &[u8], max_rows: usize) -> Result<(Value, Vec<Vec<u8>>), ApiError> {
     let req: Request = serde_json::from_slice(body).map_err(|e| bad(format!("invalid V2 request: {e}")))?;
+    let all_binary = flag(req.parameters.as_ref(), "binary_data_output")?.unwrap_or(false);
+    // Binary inputs follow the JSON in the order of the request's inputs.
+    let mut rest = binary;
+    let mut parsed: Vec<Option<TValue>> = Vec::with_capacity(req.inputs.len());
+    for input in &req.inputs {
+        let spec = m.inputs.iter().find(|s| s.name == input.name);
+        parsed.push(spec.map(|spec| input_tensor(spec, input, max_rows, m.takes_missing, &mut rest)).transpose()?);
+    }
     let mut inputs = TVec::with_capacity(m.inputs.len());
     for spec in &m.inputs {
-        let given: Vec<&Input> = req.inputs.iter().filter(|i| i.name == spec.name).collect();
+        let given: Vec<usize> = (0..req.inputs.len()).filter(|&k| req.inputs[k].name == spec.name).collect();
         match given.as_slice() {
-            [one] => inputs.push(input_tensor(spec, one, max_rows, m.takes_missing)?),
+            [one] => inputs.push(parsed[*one].take().ok_or(ApiError::Internal)?),
             [] => return Err(bad(format!("input {:?} is missing", spec.name))),
             _ => return Err(bad(format!("input {:?} is given more than once", spec.name))),
         }
@@ -117,34 +172,43 @@ pub fn infer(m: &OnnxModel, body: &[u8], max_rows: usize) -> Result<Value, ApiEr
         let names: Vec<&str> = m.inputs.iter().map(|s| s.name.as_str()).collect();
         return Err(bad(format!("the model has no input {:?}; its inputs are {names:?}", extra.name)));
     }
-    let wanted: Vec<usize> = if req.outputs.is_empty() {
-        (0..m.outputs.len()).collect()
+    let wanted: Vec<(usize, bool)> = if req.outputs.is_empty() {
+        (0..m.outputs.len()).map(|i| (i, all_binary)).collect()
     } else {
         req.outputs
             .iter()
             .map(|o| {
-                m.outputs.iter().position(|s| s.name == o.name).ok_or_else(|| {
+                let i = m.outputs.iter().position(|s| s.name == o.name).ok_or_else(|| {
                     let names: Vec<&str> = m.outputs.iter().map(|s| s.name.as_str()).collect();
                     bad(format!("the model has no output {:?}; its outputs are {names:?}", o.name))
-                })
+                })?;
+                Ok((i, flag(o.parameters.as_ref(), "binary_data")?.unwrap_or(all_binary)))
             })
-            .collect::<Result<_, _>>()?
+            .collect::<Result<_, ApiError>>()?
     };
     let results = m.run(inputs).map_err(|e| bad(format!("the model could not run on these inputs: {e}")))?;
-    let mut outputs = Vec::with_capacity(wanted.len());
-    for i in wanted {
+    let (mut outputs, mut blobs) = (Vec::with_capacity(wanted.len()), Vec::new());
+    for (i, binary_out) in wanted {
         let t = results.get(i).ok_or(ApiError::Internal)?;
-        let (dt, shape, data) = tensors::output_json(t).map_err(bad)?;
-        // serde_json writes NaN and infinities as null: an overflow, never a silent answer.
-        if let Some(at) = data.as_array().and_then(|a| a.iter().position(Value::is_null)) {
-            let per_row = t.len() / shape.first().copied().unwrap_or(1).max(1);
+        // An overflow to NaN or infinity is an error, never a silent answer.
+        if let Some(at) = tensors::output_f64(t).ok().and_then(|v| v.iter().position(|x| !x.is_finite())) {
+            let per_row = t.len() / t.shape().first().copied().unwrap_or(1).max(1);
             return Err(ApiError::Input(InputError::NotFiniteOutput { row: at / per_row.max(1) }));
         }
-        outputs.push(json!({"name": m.outputs[i].name, "datatype": dt.v2_name(), "shape": shape, "data": data}));
+        let name = &m.outputs[i].name;
+        if binary_out {
+            let (dt, shape, bytes) = tensors::output_binary(t).map_err(bad)?;
+            let parameters = json!({"binary_data_size": bytes.len()});
+            outputs.push(json!({"name": name, "datatype": dt.v2_name(), "shape": shape, "parameters": parameters}));
+            blobs.push(bytes);
+        } else {
+            let (dt, shape, data) = tensors::output_json(t).map_err(bad)?;
+            outputs.push(json!({"name": name, "datatype": dt.v2_name(), "shape": shape, "data": data}));
+        }
     }
     let mut resp = json!({"outputs": outputs});
     if let Some(id) = req.id {
         resp["id"] = json!(id);
     }
-    Ok(resp)
+    Ok((resp, blobs))
 }
