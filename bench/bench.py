@@ -8,6 +8,8 @@ import argparse
 import json
 import os
 import re
+import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -34,6 +36,12 @@ def predict_ok(port, path="/predict", body=BODY, expect=b"prediction"):
             return r.status == 200 and expect in r.read()
     except OSError:
         return False
+
+
+def post(port, path, body):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.read()
 
 
 def rss_mib(pid):
@@ -68,7 +76,9 @@ class Server:
             cmd = ["taskset", "-c", cpus] + cmd
         env = dict(os.environ, PORT=str(self.port), **{k: v.replace("{port}", str(self.port)) for k, v in (self.env or {}).items()})
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, env=env, cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Its own session: `stop` ends the server's workers too (gunicorn's, MLflow's uvicorn).
+        self.proc = subprocess.Popen(cmd, env=env, cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
         deadline = t0 + self.start_seconds
         while not predict_ok(self.port, *self.probe):
             if self.proc.poll() is not None or time.perf_counter() > deadline:
@@ -78,15 +88,50 @@ class Server:
 
     def stop(self):
         if self.proc:
-            self.proc.terminate()
+            self.signal(signal.SIGTERM)
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self.signal(signal.SIGKILL)
+                self.proc.wait()
+            # Workers that outlive their parent still hold the group: wait until none is left.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.group_alive():
+                time.sleep(0.05)
+            self.signal(signal.SIGKILL)
             self.proc = None
+
+    def group_alive(self):
+        """Whether a process of the server's group is still running (zombies do not count)."""
+        for p in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z" and int(fields[2]) == self.proc.pid:
+                return True
+        return False
+
+    def signal(self, sig):
+        """Sends `sig` to the server's process group; whether any process was left to get it."""
+        try:
+            os.killpg(self.proc.pid, sig)
+            return True
+        except ProcessLookupError:
+            return False
 
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def cold_start(server, runs):
+    """Median seconds from spawn to the first served prediction over `runs` starts."""
+    colds = []
+    for _ in range(runs):
+        colds.append(server.start())
+        server.stop()
+    return median(colds)
 
 
 def median(xs):
@@ -121,12 +166,7 @@ def online(args, py):
     results = {}
     results["paired"] = paired(args, servers[2], servers[3])
     for s in servers:
-        colds = []
-        for _ in range(args.cold_runs):
-            colds.append(s.start())
-            s.stop()
-        cold = sorted(colds)[len(colds) // 2]
-        r = {"cold_ms": cold * 1000}
+        r = {"cold_ms": cold_start(s, args.cold_runs) * 1000}
         # Throughput pass: server and load generator share every core, as on a busy box.
         # Latency pass: load generator on CPU 0, server on CPU 1, so wrk never preempts the server.
         for mode, server_cpus, wrk_cpus in (("throughput", None, None), ("latency", "1", "0")):
@@ -218,26 +258,79 @@ def forest_http(args, py, work):
         path = "/v2/models/forest/infer"
         servers.append((Server("mlserver", [args.mlserver, "start", ms_dir], env=env, cwd=ms_dir, probe=(path, v2, b"outputs"),
                                start_seconds=120), v2, path))
+    return measure_http(args, work, "forest", servers, (1, 8, 64), args.forest_runs)
+
+
+def measure_http(args, work, label, servers, conns, runs_per):
+    """Throughput and latency of each (Server, body, path) at each connection count (median of
+    `runs_per` runs), then its resident memory; one server up at a time."""
     results = {}
     for s, body, path in servers:
-        script = wrk_script(os.path.join(work, f"post-{s.name}.lua"), body)
+        script = wrk_script(os.path.join(work, f"post-{label}-{s.name}.lua"), body)
         s.start()
         try:
             wrk(s.port, 8, 1, script=script, path=path)  # warm up
             r = {}
-            for c in (1, 8, 64):
-                runs = sorted((wrk(s.port, c, args.seconds, script=script, path=path) for _ in range(args.forest_runs)),
+            for c in conns:
+                runs = sorted((wrk(s.port, c, args.seconds, script=script, path=path) for _ in range(runs_per)),
                               key=lambda x: x["rps"])
                 m = runs[len(runs) // 2]
                 if any(x["non2xx"] for x in runs):
                     raise SystemExit(f"{s.name} answered non-2xx under load: {runs}")
                 r[c] = m
-                print(f"  forest {s.name:12} c={c:<3} {m['rps']:>10.0f} req/s  p50 {m['p50_ms']:8.3f} ms  p99 {m['p99_ms']:8.3f} ms",
+                print(f"  {label} {s.name:12} c={c:<3} {m['rps']:>10.0f} req/s  p50 {m['p50_ms']:8.3f} ms  p99 {m['p99_ms']:8.3f} ms",
                       file=sys.stderr, flush=True)
             results[s.name] = {"throughput": r, "rss_mib": rss_mib(s.proc.pid)}
         finally:
             s.stop()
     return results
+
+
+def mlflow_serving(args, work):
+    """The tutorial's model, logged and registered in a real MLflow tracking server, served from the
+    registry by `mlflow models serve` and by modelship: throughput at 64 connections, memory and
+    cold start (spawn to the first served prediction, the registry download included on both sides)."""
+    d = os.path.join(work, "mlflow")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    server_ctl = os.path.join(ROOT, "tests", "mlflow", "server")
+    port = free_port()
+    subprocess.run([server_ctl, "start", d, str(port)], check=True)
+    try:
+        tracking = f"http://127.0.0.1:{port}"
+        out = subprocess.run([args.mlflow_python, os.path.join(ROOT, "tests", "mlflow", "register.py"), "log", tracking, "iris",
+                              "skops"], check=True, capture_output=True, text=True).stdout
+        reg = json.loads(out.strip().splitlines()[-1])  # MLflow prints its run links first
+        model = f"models:/iris/{reg['version']}"
+        row, want = reg["rows"][0], reg["predictions"][0]
+        classic = json.dumps({"features": row}).encode()
+        invocation = json.dumps({"dataframe_split": {"columns": reg["features"], "data": [row]}}).encode()
+        mlflow_bin = os.path.join(os.path.dirname(args.mlflow_python), "mlflow")
+        # --env-manager local: serve from the venv MLflow runs in (the default, virtualenv, builds a
+        # new environment from the model's requirements with pyenv); every other setting is MLflow's default.
+        theirs = Server("mlflow-serve", [mlflow_bin, "models", "serve", "-m", model, "--env-manager", "local", "-h", "127.0.0.1",
+                                         "-p", "{port}"],
+                        # The venv's bin on PATH, as when it is activated: MLflow starts `uvicorn` by name.
+                        env={"MLFLOW_TRACKING_URI": tracking, "PATH": f"{os.path.dirname(mlflow_bin)}:{os.environ['PATH']}"},
+                        probe=("/invocations", invocation, b"predictions"), start_seconds=180)
+        ours = Server("modelship", [args.server_bin, "serve", "--model", model, "--mlflow-tracking-uri", tracking,
+                                    "--host", "127.0.0.1", "--port", "{port}"], probe=("/predict", classic, b"prediction"))
+        for s, path, body, key in ((theirs, "/invocations", invocation, "predictions"), (ours, "/predict", classic, "prediction")):
+            s.start()
+            try:
+                got = json.loads(post(s.port, path, body))[key]
+            finally:
+                s.stop()
+            if got != [want]:
+                raise SystemExit(f"{s.name} predicted {got} for {row}; scikit-learn predicts [{want}]")
+        colds = {s.name: cold_start(s, args.cold_runs) for s in (theirs, ours)}
+        results = measure_http(args, work, "mlflow", [(theirs, invocation, "/invocations"), (ours, classic, "/predict")], (64,), 3)
+        for name, cold in colds.items():
+            results[name]["cold_ms"] = cold * 1000
+            print(f"  mlflow {name:12} cold start {cold * 1000:9.1f} ms", file=sys.stderr, flush=True)
+        return results
+    finally:
+        subprocess.run([server_ctl, "stop", d], check=False)
 
 
 def forest_latency(args, py, work):
@@ -357,6 +450,8 @@ def main():
     ap.add_argument("--latency-bin", required=True, help="the forest_latency example")
     ap.add_argument("--mlserver", help="MLServer's mlserver binary (absent: the MLServer target fails)")
     ap.add_argument("--mlserver-missing", default="", help="why MLServer is absent")
+    ap.add_argument("--mlflow-python", required=True, help="the python of tests/mlflow/venv (MLflow's server and CLI)")
+    ap.add_argument("--onnx-latency-bin", required=True, help="the onnx_latency example (tract's side of bench/onnx_latency.py)")
     ap.add_argument("--forest-runs", type=int, default=3, help="wrk runs per connection count (median) for the forest")
     ap.add_argument("--latency-calls", type=int, default=2000, help="single-row calls per in-process run (scikit-learn: a 20th)")
     ap.add_argument("--json", help="also write the figures here")
@@ -378,8 +473,13 @@ def main():
     fh = forest_http(args, args.python, args.work)
     print("RandomForestClassifier in-process single-row predict", file=sys.stderr)
     fl_lat = forest_latency(args, args.python, args.work)
+    print("ONNX in-process (tract vs onnxruntime, one thread): the forest and an MLP, reported, no target", file=sys.stderr)
+    ox = json.loads(subprocess.run([args.python, os.path.join(HERE, "onnx_latency.py"), "--bin", args.onnx_latency_bin,
+                                    "--rows", "200", "--repeats", "3"], check=True, capture_output=True, text=True).stdout)
     print(f"RandomForestClassifier batch, {args.rows} rows", file=sys.stderr)
     fb = forest_batch(args, args.python, args.work)
+    print(f"the tutorial's model from an MLflow registry: mlflow models serve vs modelship, {args.seconds}s per run", file=sys.stderr)
+    mf = mlflow_serving(args, args.work)
 
     ms, fl, gu = on["modelship"], on["flask"], on["gunicorn-2w"]
     pair = on.pop("paired")
@@ -404,10 +504,21 @@ def main():
         print(f"{name:12} {t[1]['rps']:>10.0f} {t[8]['rps']:>10.0f} {t[64]['rps']:>11.0f} | {t[1]['p50_ms']:>7.3f} "
               f"{t[64]['p99_ms']:>8.3f}    | {r['rss_mib']:>8.1f}")
     print("in-process per row: " + ", ".join(f"{k} {fl_lat[k]['ns_per_row'] / 1000:.1f} us" for k in ("modelship", "onnxruntime", "sklearn")))
+    for name, r in ox.items():
+        print(f"ONNX {name} under tract: {r['tract']['single_row_us']:.1f} us a single row, {r['tract']['batch_per_row_us']:.2f} us "
+              f"a row in a batch of 200; onnxruntime {r['onnxruntime']['single_row_us']:.1f} / {r['onnxruntime']['batch_per_row_us']:.2f} us; "
+              f"onnxruntime / tract {r['single_row_ratio_ort_over_tract']:.2f} single, {r['batch_ratio_ort_over_tract']:.2f} batch (reported, no target)")
     print(f"batch {fb['rows']} rows: modelship {fb['modelship_s']:.2f}s ({fb['modelship_1thread_s']:.2f}s on one thread, {fb['pandas_s'] / fb['modelship_1thread_s']:.1f}x pandas), pandas + scikit-learn {fb['pandas_s']:.2f}s; modelship peak "
           f"{fb['peak_mib']:.1f} MiB ({fb['peak_small_mib']:.1f} MiB at {fb['small_rows']} rows)")
 
+    print("\nthe tutorial's model registered in MLflow (models:/iris/1), served from the registry, all cores shared")
+    print(f"{'server':12} {'c=64 req/s':>11} {'p50@64':>7} {'p99@64':>8} ms | {'RSS MiB':>8} {'cold ms':>8}")
+    for name, r in mf.items():
+        t = r["throughput"][64]
+        print(f"{name:12} {t['rps']:>11.0f} {t['p50_ms']:>7.3f} {t['p99_ms']:>8.3f}    | {r['rss_mib']:>8.1f} {r['cold_ms']:>8.1f}")
+
     tp = lambda r: r["throughput"][64]["rps"]  # noqa: E731
+    mlf, mlo = mf["mlflow-serve"], mf["modelship"]
     fms = tp(fh["modelship"])
     native = fl_lat["modelship"]["ns_per_row"]
     checks = [
@@ -425,9 +536,11 @@ def main():
         ("forest c=64 vs Flask", fms / tp(fh["flask"]), ">=", 50),
         ("forest c=64 vs gunicorn 2 workers", fms / tp(fh["gunicorn-2w"]), ">=", 10),
         ("forest c=64 vs MLServer (V2)", fms / tp(fh["mlserver"]) if "mlserver" in fh else float("nan"), ">=", 50),
-        # Open (issue 11): measured 0.5-0.9x so far; reported on every run, not yet a gate.
         ("forest per-row predict vs onnxruntime", fl_lat["onnxruntime"]["ns_per_row"] / native, ">=", 1),
         ("forest per-row predict vs scikit-learn", fl_lat["sklearn"]["ns_per_row"] / native, ">=", 20),
+        ("MLflow model c=64 vs mlflow models serve", tp(mlo) / tp(mlf), ">=", 50),
+        ("MLflow model RSS vs mlflow models serve", mlo["rss_mib"] / mlf["rss_mib"], "<=", 0.1),
+        ("MLflow model cold start vs mlflow models serve", mlo["cold_ms"] / mlf["cold_ms"], "<=", 0.05),
         ("forest batch rows/s vs pandas", fb["pandas_s"] / fb["modelship_s"], ">=", 3),
         (f"forest batch peak MiB {fb['rows']} / {fb['small_rows']} rows", fb["peak_mib"] / fb["peak_small_mib"], "<=", 1.25),
     ]
@@ -444,7 +557,8 @@ def main():
     print(f"bench: {len(checks) - failed - missed} passed, {failed} failed, {missed} open target(s) missed")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"online": on, "paired": pair, "batch": ba, "forest": {"http": fh, "latency": fl_lat, "batch": fb}}, f,
+            json.dump({"online": on, "paired": pair, "batch": ba, "forest": {"http": fh, "latency": fl_lat, "batch": fb},
+                       "mlflow": mf, "onnx": ox}, f,
                       indent=2, default=str)
     sys.exit(1 if failed else 0)
 

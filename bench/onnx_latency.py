@@ -1,10 +1,12 @@
 """In-process latency, tract (modelship-server's ONNX runtime) vs onnxruntime, on skl2onnx exports
 of the bench's forest (RandomForestClassifier, 100 trees, max_depth 10, 20 features) and a small
-MLPClassifier. Run with the ONNX test venv: $(server/tests/onnx/venv) bench/onnx_latency.py.
-Builds and runs `cargo run --release --example onnx_latency` for the tract side
-(MODELSHIP_BENCH_PROFILE=dev: a dev build instead).
+MLPClassifier. Run with the ONNX test venv: $(server/tests/onnx/venv) bench/onnx_latency.py
+[--bin ONNX_LATENCY_EXAMPLE] [--rows N] [--repeats N]. Without --bin it builds and runs
+`cargo run --release --example onnx_latency` for the tract side (MODELSHIP_BENCH_PROFILE=dev: a
+dev build instead); bench/run passes the example it built.
 """
 
+import argparse
 import json
 import os
 import subprocess
@@ -18,7 +20,6 @@ from skl2onnx import to_onnx
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.neural_network import MLPClassifier
 
-ROWS, REPEATS = 1000, 5
 rng = np.random.RandomState(0)
 X = rng.randn(5000, 20).astype(np.float32)
 y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(int)
@@ -28,13 +29,13 @@ MODELS = {
 }
 
 
-def ort_latency(onx, rows):
+def ort_latency(onx, rows, repeats):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(onx.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     single, batch = [], []
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         start = time.perf_counter()
         for r in rows:
             sess.run(None, {name: r[None, :]})
@@ -46,14 +47,19 @@ def ort_latency(onx, rows):
 
 
 def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", help="the onnx_latency example (default: cargo run it)")
+    ap.add_argument("--rows", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     work = tempfile.mkdtemp(prefix="modelship-onnx-bench-")
-    rows = X[-ROWS:]
+    rows = X[-args.rows:]
     with open(os.path.join(work, "rows.json"), "w") as f:
         json.dump(rows.astype(float).tolist(), f)
     report = {}
     for name, est in MODELS.items():
-        est.fit(X[:-ROWS], y[:-ROWS])
+        est.fit(X[:-args.rows], y[:-args.rows])
         onx = to_onnx(est, X[:1], options={id(est): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
         path = os.path.join(work, f"{name}.onnx")
         with open(path, "wb") as f:
@@ -61,13 +67,11 @@ def main():
         # MODELSHIP_BENCH_PROFILE=dev skips the long release build (tract's kernels are still
         # optimised in dev, see the root Cargo.toml; the rest is not, so tract looks slower).
         profile = ["--release"] if os.environ.get("MODELSHIP_BENCH_PROFILE", "release") == "release" else []
-        tract = subprocess.run(
-            ["cargo", "run", "-q", *profile, "-p", "modelship-server", "--example", "onnx_latency", "--",
-             path, os.path.join(work, "rows.json"), str(REPEATS)],
-            cwd=root, check=True, capture_output=True, text=True,
-        )
+        cmd = [args.bin] if args.bin else ["cargo", "run", "-q", *profile, "-p", "modelship-server", "--example", "onnx_latency", "--"]
+        tract = subprocess.run(cmd + [path, os.path.join(work, "rows.json"), str(args.repeats)],
+                               cwd=root, check=True, capture_output=True, text=True)
         ours = json.loads(tract.stdout.strip().splitlines()[-1])
-        theirs = ort_latency(onx, rows)
+        theirs = ort_latency(onx, rows, args.repeats)
         report[name] = {
             "tract": ours,
             "onnxruntime": theirs,

@@ -15,10 +15,10 @@ pub enum MlflowError {
     ArtifactScheme(String),
     #[error("the MLmodel file is not valid YAML: {0}")]
     MlModelYaml(String),
-    #[error("MLmodel flavor {found} is not served by Modelship (flavors in the file: {all}); supported: sklearn")]
+    #[error("MLmodel flavor {found} is not served by Modelship (flavors in the file: {all}); supported: sklearn, onnx")]
     Flavor { found: String, all: String },
-    #[error("MLmodel: the sklearn flavor has no {0}")]
-    MissingField(&'static str),
+    #[error("MLmodel: the {0} flavor has no {1}")]
+    MissingField(&'static str, &'static str),
     #[error("MLmodel: the signature's inputs are not valid: {0}")]
     Signature(String),
 }
@@ -106,6 +106,59 @@ pub struct RunBody {
 #[derive(Debug, Deserialize)]
 pub struct Run {
     pub info: RunInfo,
+    #[serde(default)]
+    pub outputs: RunOutputs,
+}
+
+/// The models a run logged (MLflow 3: `log_model` makes a LoggedModel whose artifacts live
+/// outside the run's own artifact directory).
+#[derive(Debug, Default, Deserialize)]
+pub struct RunOutputs {
+    #[serde(default)]
+    pub model_outputs: Vec<ModelOutput>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ModelOutput {
+    pub model_id: String,
+}
+
+/// `logged-models/{model_id}`.
+#[derive(Debug, Deserialize)]
+pub struct LoggedModelBody {
+    pub model: LoggedModel,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoggedModel {
+    pub info: LoggedModelInfo,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LoggedModelInfo {
+    pub name: String,
+    pub artifact_uri: String,
+}
+
+/// `GET logged-models/{id}`: the model ids come from MLflow, but are still encoded as one path segment.
+pub fn logged_model_url(tracking: &str, model_id: &str) -> String {
+    format!("{}/api/2.0/mlflow/logged-models/{}", tracking.trim_end_matches('/'), percent_encode(model_id))
+}
+
+/// The artifact directory `runs:/RUN_ID/PATH` names, as MLflow's own client resolves it: when
+/// the run logged a model named PATH's first segment (MLflow 3), that model's artifacts (and
+/// the rest of PATH inside them); otherwise PATH inside the run's artifacts (MLflow 2).
+pub fn run_model_dir(run: &Run, path: &str, logged: &[LoggedModelInfo]) -> String {
+    let path = path.trim_matches('/');
+    let (first, rest) = path.split_once('/').unwrap_or((path, ""));
+    let join = |base: &str, rest: &str| {
+        let base = base.trim_end_matches('/');
+        if rest.is_empty() { base.to_string() } else { format!("{base}/{rest}") }
+    };
+    match logged.iter().find(|m| m.name == first) {
+        Some(m) => join(&m.artifact_uri, rest),
+        None => join(&run.info.artifact_uri, path),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +180,16 @@ pub struct MlModel {
 pub struct Signature {
     #[serde(default)]
     pub inputs: Option<String>,
+}
+
+/// The flavor Modelship serves a model with, and its file in the artifact directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flavor {
+    Sklearn(SklearnFlavor),
+    /// `mlflow.onnx`: the ModelProto file (`data:`).
+    Onnx {
+        file: String,
+    },
 }
 
 /// How the sklearn flavor stores the estimator.
@@ -151,27 +214,30 @@ impl MlModel {
         serde_yaml::from_str(text).map_err(|e| MlflowError::MlModelYaml(e.to_string()))
     }
 
-    /// The flavor shown in status: `sklearn` when present, else the first that is not the generic
-    /// `python_function`.
+    /// The flavor shown in status: `sklearn` or `onnx` when present (in that order), else the
+    /// first that is not the generic `python_function`.
     pub fn flavor_name(&self) -> String {
-        let mut names = self.flavors.keys().filter(|k| *k != "python_function");
-        if self.flavors.contains_key("sklearn") {
-            return "sklearn".into();
+        if let Some(served) = ["sklearn", "onnx"].into_iter().find(|f| self.flavors.contains_key(*f)) {
+            return served.into();
         }
+        let mut names = self.flavors.keys().filter(|k| *k != "python_function");
         names.next().or_else(|| self.flavors.keys().next()).cloned().unwrap_or_else(|| "none".into())
     }
 
-    /// The sklearn flavor, or why the model cannot be served.
-    pub fn sklearn(&self) -> Result<SklearnFlavor, MlflowError> {
-        let Some(flavor) = self.flavors.get("sklearn") else {
-            let all = self.flavors.keys().cloned().collect::<Vec<_>>().join(", ");
-            return Err(MlflowError::Flavor { found: self.flavor_name(), all });
-        };
-        let field = |k: &str| flavor.get(k).and_then(|v| v.as_str()).map(str::to_string);
-        Ok(SklearnFlavor {
-            file: field("pickled_model").ok_or(MlflowError::MissingField("pickled_model"))?,
-            serialization: field("serialization_format").unwrap_or_else(|| "cloudpickle".into()),
-        })
+    /// The flavor to serve (sklearn first, then onnx), or why the model cannot be served.
+    pub fn servable(&self) -> Result<Flavor, MlflowError> {
+        let field = |flavor: &serde_yaml::Value, k: &str| flavor.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        if let Some(flavor) = self.flavors.get("sklearn") {
+            return Ok(Flavor::Sklearn(SklearnFlavor {
+                file: field(flavor, "pickled_model").ok_or(MlflowError::MissingField("sklearn", "pickled_model"))?,
+                serialization: field(flavor, "serialization_format").unwrap_or_else(|| "cloudpickle".into()),
+            }));
+        }
+        if let Some(flavor) = self.flavors.get("onnx") {
+            return Ok(Flavor::Onnx { file: field(flavor, "data").ok_or(MlflowError::MissingField("onnx", "data"))? });
+        }
+        let all = self.flavors.keys().cloned().collect::<Vec<_>>().join(", ");
+        Err(MlflowError::Flavor { found: self.flavor_name(), all })
     }
 
     /// The signature's inputs, if the model was logged with one.
@@ -226,8 +292,8 @@ signature:
         let m = MlModel::parse(MLMODEL).unwrap();
         assert_eq!(m.flavor_name(), "sklearn");
         assert_eq!(
-            m.sklearn().unwrap(),
-            SklearnFlavor { file: "model.pkl".into(), serialization: "cloudpickle".into() }
+            m.servable().unwrap(),
+            Flavor::Sklearn(SklearnFlavor { file: "model.pkl".into(), serialization: "cloudpickle".into() })
         );
         let inputs = m.inputs().unwrap().unwrap();
         assert_eq!(inputs.names, ["sepal length (cm)", "petal width (cm)"]);
@@ -237,10 +303,35 @@ signature:
     #[test]
     fn refuses_other_flavors_by_name() {
         let m = MlModel::parse("flavors:\n  python_function:\n    loader_module: my_model\n").unwrap();
-        let e = m.sklearn().unwrap_err().to_string();
-        assert!(e.contains("flavor python_function is not served"), "{e}");
+        let e = m.servable().unwrap_err().to_string();
+        assert!(e.contains("flavor python_function is not served") && e.contains("supported: sklearn, onnx"), "{e}");
+        let onnx = MlModel::parse("flavors:\n  onnx:\n    data: model.onnx\n  python_function: {}\n").unwrap();
+        assert_eq!(
+            (onnx.flavor_name(), onnx.servable().unwrap()),
+            ("onnx".into(), Flavor::Onnx { file: "model.onnx".into() })
+        );
+        let e = MlModel::parse("flavors:\n  onnx: {}\n").unwrap().servable().unwrap_err().to_string();
+        assert_eq!(e, "MLmodel: the onnx flavor has no data");
         let tensor = r#"{"flavors": {}, "signature": {"inputs": "[{\"type\": \"tensor\", \"tensor-spec\": {\"dtype\": \"float64\", \"shape\": [-1, 4]}}]"}}"#;
         assert_eq!(MlModel::parse(tensor).unwrap().inputs().unwrap().unwrap().count, Some(4));
+    }
+
+    #[test]
+    fn a_run_path_names_the_logged_model_of_that_name_else_the_run_artifacts() {
+        let run: RunBody = serde_json::from_str(
+            r#"{"run": {"info": {"artifact_uri": "mlflow-artifacts:/0/r1/artifacts"},
+                        "outputs": {"model_outputs": [{"model_id": "m-1", "step": 0}]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(run.run.outputs.model_outputs[0].model_id, "m-1");
+        let logged =
+            [LoggedModelInfo { name: "model".into(), artifact_uri: "mlflow-artifacts:/0/models/m-1/artifacts".into() }];
+        assert_eq!(run_model_dir(&run.run, "model", &logged), "mlflow-artifacts:/0/models/m-1/artifacts");
+        assert_eq!(run_model_dir(&run.run, "model/sub/", &logged), "mlflow-artifacts:/0/models/m-1/artifacts/sub");
+        assert_eq!(run_model_dir(&run.run, "other", &logged), "mlflow-artifacts:/0/r1/artifacts/other");
+        let mlflow2: RunBody = serde_json::from_str(r#"{"run": {"info": {"artifact_uri": "s3://b/r/"}}}"#).unwrap();
+        assert_eq!(run_model_dir(&mlflow2.run, "model", &[]), "s3://b/r/model");
+        assert_eq!(logged_model_url("http://t:5000/", "m-1"), "http://t:5000/api/2.0/mlflow/logged-models/m-1");
     }
 
     #[test]

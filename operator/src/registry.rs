@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use modelship_crds::mlflow::{self, DownloadUriBody, ErrorBody, MlModel, ModelVersionBody, RunBody};
+use modelship_crds::mlflow::{self, DownloadUriBody, ErrorBody, LoggedModelBody, MlModel, ModelVersionBody, RunBody};
 use modelship_crds::{ModelSpec, RegistryRef};
 use serde::de::DeserializeOwned;
 
@@ -135,9 +135,16 @@ impl Registry {
         let tracking = self.settings.tracking_uri(spec).ok_or_else(|| RegistryError::NotConfigured(r.to_string()))?;
         let (version, source) = match r {
             RegistryRef::Run { run_id, path } => {
+                let what = format!("run {run_id}");
                 let url = mlflow::api_url(&tracking, "runs/get", &[("run_id", run_id)]);
-                let run: RunBody = self.get_json(&tracking, &url, &format!("run {run_id}")).await?;
-                (None, format!("{}/{}", run.run.info.artifact_uri.trim_end_matches('/'), path))
+                let run: RunBody = self.get_json(&tracking, &url, &what).await?;
+                let mut logged = Vec::new();
+                for output in &run.run.outputs.model_outputs {
+                    let url = mlflow::logged_model_url(&tracking, &output.model_id);
+                    let body: LoggedModelBody = self.get_json(&tracking, &url, &what).await?;
+                    logged.push(body.model.info);
+                }
+                (None, mlflow::run_model_dir(&run.run, path, &logged))
             }
             RegistryRef::Alias { name, alias } => {
                 let what = format!("alias {alias} of registered model {name}");
@@ -156,7 +163,7 @@ impl Registry {
             mlflow::artifact_url(&tracking, &source, "MLmodel").map_err(|e| unsupported(e.to_string()))?;
         let text = self.get_text(&tracking, &mlmodel_url, &format!("MLmodel file of {r}")).await?;
         let mlmodel = MlModel::parse(&text).map_err(|e| unsupported(e.to_string()))?;
-        mlmodel.sklearn().map_err(|e| unsupported(e.to_string()))?;
+        mlmodel.servable().map_err(|e| unsupported(e.to_string()))?;
         let pinned = match &version {
             Some(v) => r.pinned(v.parse().map_err(|_| unsupported(format!("MLflow returned version {v:?}")))?),
             None => r.clone(),

@@ -15,7 +15,7 @@ pub mod rest;
 pub mod uri;
 
 use rest as mlflow;
-use rest::{DownloadUriBody, MlModel, ModelVersionBody, RunBody, SignatureInputs};
+use rest::{DownloadUriBody, Flavor, LoggedModelBody, MlModel, ModelVersionBody, RunBody, SignatureInputs};
 use uri::{ModelUri, ModelUriError, RegistryRef};
 
 use crate::artifact::Artifact;
@@ -71,16 +71,19 @@ pub async fn load(
     let dir = client.artifact_dir(&r).await?;
     let text = client.get(&mlflow::artifact_url(tracking, &dir, "MLmodel").map_err(MlflowLoadError::from)?).await?;
     let mlmodel = MlModel::parse(&String::from_utf8_lossy(&text)).map_err(MlflowLoadError::from)?;
-    let flavor = mlmodel.sklearn().map_err(MlflowLoadError::from)?;
-    match flavor.serialization.as_str() {
-        // The file's own signature picks the reader (sklearn::format), all three without running code.
-        "pickle" | "cloudpickle" | "skops" => {}
-        other => return Err(MlflowLoadError::Serialization(other.into()).into()),
-    }
-    let url = mlflow::artifact_url(tracking, &dir, &flavor.file).map_err(MlflowLoadError::from)?;
+    let (file, sklearn) = match mlmodel.servable().map_err(MlflowLoadError::from)? {
+        Flavor::Sklearn(flavor) => match flavor.serialization.as_str() {
+            // The file's own signature picks the reader (sklearn::format), all three without running code.
+            "pickle" | "cloudpickle" | "skops" => (flavor.file, true),
+            other => return Err(MlflowLoadError::Serialization(other.into()).into()),
+        },
+        Flavor::Onnx { file } => (file, false),
+    };
+    let url = mlflow::artifact_url(tracking, &dir, &file).map_err(MlflowLoadError::from)?;
     let bytes = client.get(&url).await?;
     let mut artifact = crate::sklearn::format::read_artifact(&bytes)?;
-    if let Some(inputs) = mlmodel.inputs().map_err(MlflowLoadError::from)? {
+    // An ONNX graph names and shapes its own inputs; a scikit-learn model takes the signature's columns.
+    if sklearn && let Some(inputs) = mlmodel.inputs().map_err(MlflowLoadError::from)? {
         apply_signature(&mut artifact, inputs)?;
     }
     Ok(artifact)
@@ -132,7 +135,15 @@ impl Client<'_> {
         let (name, version) = match r {
             RegistryRef::Run { run_id, path } => {
                 let run: RunBody = self.json("runs/get", &[("run_id", run_id)]).await?;
-                return Ok(format!("{}/{path}", run.run.info.artifact_uri.trim_end_matches('/')));
+                let mut logged = Vec::new();
+                for output in &run.run.outputs.model_outputs {
+                    let url = mlflow::logged_model_url(self.tracking, &output.model_id);
+                    let bytes = self.get(&url).await?;
+                    let body: LoggedModelBody = serde_json::from_slice(&bytes)
+                        .map_err(|e| MlflowLoadError::Answer { url, reason: e.to_string() })?;
+                    logged.push(body.model.info);
+                }
+                return Ok(mlflow::run_model_dir(&run.run, path, &logged));
             }
             RegistryRef::Alias { name, alias } => {
                 let mv: ModelVersionBody =

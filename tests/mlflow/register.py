@@ -4,6 +4,9 @@
       trains the tutorial's LogisticRegression(max_iter=200) on iris (seeded), logs it with
       mlflow.sklearn.log_model(..., registered_model_name=NAME, serialization_format=SERIALIZATION)
       and prints JSON: version, run_id, the rows and scikit-learn's predictions of them.
+      SERIALIZATION onnx logs the same model's skl2onnx export with mlflow.onnx.log_model instead
+      (features: [], the graph names its input), pyfunc a pure python_function model (no flavor
+      Modelship serves).
       --broken then overwrites the stored model file with garbage (a version that cannot load).
   register.py alias TRACKING_URI NAME ALIAS VERSION
       points NAME@ALIAS at VERSION.
@@ -30,13 +33,27 @@ def log(tracking, name, serialization, broken):
     model = LogisticRegression(max_iter=200).fit(x_train, y_train)
     mlflow.set_tracking_uri(tracking)
     with mlflow.start_run() as run:
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            registered_model_name=name,
-            serialization_format=serialization,
-            input_example=pd.DataFrame(x_train.iloc[:2]),
-        )
+        if serialization == "onnx":
+            from skl2onnx import to_onnx
+
+            onx = to_onnx(model, x_train.values[:1].astype("float32"), options={id(model): {"zipmap": False}},
+                          target_opset={"": 17, "ai.onnx.ml": 3})
+            info = mlflow.onnx.log_model(onx, name="model", registered_model_name=name)
+        elif serialization == "pyfunc":
+
+            class Constant(mlflow.pyfunc.PythonModel):
+                def predict(self, context, model_input):
+                    return [0] * len(model_input)
+
+            info = mlflow.pyfunc.log_model(name="model", python_model=Constant(), registered_model_name=name)
+        else:
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                registered_model_name=name,
+                serialization_format=serialization,
+                input_example=pd.DataFrame(x_train.iloc[:2]),
+            )
     client = MlflowClient(tracking)
     version = max(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
     if broken:
@@ -57,7 +74,7 @@ def log(tracking, name, serialization, broken):
         "version": version,
         "run_id": run.info.run_id,
         "model_id": getattr(info, "model_id", None),
-        "features": list(iris.data.columns),
+        "features": [] if serialization == "onnx" else list(iris.data.columns),
         "rows": rows,
         "predictions": model.predict(x_test).tolist(),
         "probabilities": model.predict_proba(x_test).tolist(),

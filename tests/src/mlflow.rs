@@ -23,6 +23,9 @@ pub struct Mlflow {
 #[derive(Debug, serde::Deserialize)]
 pub struct Logged {
     pub version: u64,
+    /// The run that logged it (for `runs:/RUN_ID/model`).
+    pub run_id: String,
+    /// The signature's columns (empty for an ONNX model, whose graph names its input).
     pub features: Vec<String>,
     pub rows: Vec<Vec<f64>>,
     pub predictions: Vec<i64>,

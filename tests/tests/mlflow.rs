@@ -1,7 +1,8 @@
-//! MLflow models (`models:/NAME/VERSION`, `models:/NAME@ALIAS`) against a real MLflow tracking
-//! server from PyPI (tests/mlflow) and the real API server: a registered pickle is served with
-//! scikit-learn's predictions, an alias move rolls out, an outage keeps the model serving, basic
-//! auth, and the API server's validation of bad URIs.
+//! MLflow models (`models:/NAME/VERSION`, `models:/NAME@ALIAS`, `runs:/RUN_ID/PATH`) against a
+//! real MLflow tracking server from PyPI (tests/mlflow) and the real API server: a registered
+//! pickle is served with scikit-learn's predictions, an alias move rolls out, an outage keeps the
+//! model serving, basic auth, the onnx flavor, a flavor Modelship does not serve, and the API
+//! server's validation of bad URIs.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -62,7 +63,12 @@ async fn serves_like_sklearn(container: &k8s_openapi::api::core::v1::Container, 
     let _ = server.kill();
     let _ = server.wait();
     assert_eq!(body, serde_json::json!({"prediction": logged.predictions}), "scikit-learn's predictions");
-    assert_eq!(meta["inputs"][0]["parameters"]["feature_names"], serde_json::json!(logged.features), "{meta}");
+    if logged.features.is_empty() {
+        // An ONNX model: its graph's own input.
+        assert_eq!(meta["inputs"][0]["shape"], serde_json::json!([-1, 4]), "{meta}");
+    } else {
+        assert_eq!(meta["inputs"][0]["parameters"]["feature_names"], serde_json::json!(logged.features), "{meta}");
+    }
 }
 
 async fn deployment_generation(c: &kube::Client, ns: &str, name: &str) -> Option<i64> {
@@ -243,6 +249,45 @@ async fn basic_auth_credentials_are_used_and_refusals_reported() {
     assert_eq!(reason, "RegistryCredentialsRefused");
     assert!(message.contains("refused the credentials"), "{message}");
     assert!(!op2.log_text().contains("wrong-password-x7"), "the operator log shows the password");
+}
+
+#[tokio::test]
+async fn run_uris_onnx_models_and_unserved_flavors() {
+    let c = client().await;
+    install_crd().await;
+    let mlflow = Mlflow::start(false);
+    let sklearn = mlflow.log_model("iris", "skops");
+    let onnx = mlflow.log_model("iris-onnx", "onnx");
+    mlflow.log_model("iris-pyfunc", "pyfunc");
+    let ns = TestNamespace::new(&c, "mlflow-flavors").await;
+    let _op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
+    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
+    let registry = serde_json::json!({"trackingURI": mlflow.url});
+
+    // runs:/RUN_ID/model: MLflow 3 keeps a logged model's artifacts outside the run's own
+    // (models/m-ID/artifacts); both the operator and the server resolve it as MLflow's client does.
+    let uri = format!("runs:/{}/model", sklearn.run_id);
+    apply(&ns.name, "by-run", serde_json::json!({"uri": uri, "registry": registry}));
+    let m = wait_ready(&models, "by-run", None, Duration::from_secs(90)).await;
+    let resolved = m.status.as_ref().unwrap().model.clone().unwrap();
+    assert_eq!(resolved.resolved_version, None, "a run is not a registry version: {resolved:?}");
+    assert!(resolved.source.as_deref().unwrap().contains("/models/m-"), "the logged model's artifacts: {resolved:?}");
+    let container = server_container(&c, &ns.name, "by-run").await;
+    assert!(container.args.clone().unwrap().contains(&uri), "{:?}", container.args);
+    serves_like_sklearn(&container, &[], &sklearn).await;
+
+    // The onnx flavor (mlflow.onnx.log_model of the skl2onnx export): the same predictions.
+    apply(&ns.name, "onnx", serde_json::json!({"uri": "models:/iris-onnx/1", "registry": registry}));
+    let m = wait_ready(&models, "onnx", Some("1"), Duration::from_secs(90)).await;
+    assert_eq!(m.status.as_ref().unwrap().model.as_ref().unwrap().flavor.as_deref(), Some("onnx"));
+    serves_like_sklearn(&server_container(&c, &ns.name, "onnx").await, &[], &onnx).await;
+
+    // A pure python_function model: refused, naming the flavor, before any pod is made.
+    apply(&ns.name, "pyfunc", serde_json::json!({"uri": "models:/iris-pyfunc/1", "registry": registry}));
+    let (_, reason, message) = wait_condition(&models, "pyfunc", "Degraded", "True").await;
+    assert_eq!(reason, "RegistryModelUnsupported");
+    assert!(message.contains("flavor python_function is not served") && message.contains("sklearn, onnx"), "{message}");
+    assert!(Api::<Deployment>::namespaced(c.clone(), &ns.name).get_opt("pyfunc").await.unwrap().is_none());
 }
 
 #[tokio::test]
