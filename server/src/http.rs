@@ -352,7 +352,8 @@ async fn predict(
     let s = state.clone();
     offload(&state, &admission, body.len(), move || {
         let model = s.model()?;
-        let rows = rows_from_object(&body, "features", s.budget(model)).map_err(ApiError::BadRequest)?;
+        let rows = rows_from_object(&body, "features", s.budget(model), &model.artifact.feature_names)
+            .map_err(ApiError::BadRequest)?;
         let resp = run_prediction(&s, model, &rows.matrix, q.labels, q.proba)?;
         Ok(json_from_model(&s, &resp))
     })
@@ -380,7 +381,8 @@ async fn v1_predict(
     let s = state.clone();
     offload(&state, &admission, body.len(), move || {
         let model = s.model()?;
-        let rows = rows_from_object(&body, "instances", s.budget(model)).map_err(ApiError::BadRequest)?;
+        let rows = rows_from_object(&body, "instances", s.budget(model), &model.artifact.feature_names)
+            .map_err(ApiError::BadRequest)?;
         let resp = run_prediction(&s, model, &rows.matrix, false, false)?;
         Ok(json_from_model(&s, &serde_json::json!({"predictions": resp.prediction})))
     })

@@ -36,6 +36,8 @@ fn valid_bodies() -> Vec<Vec<u8>> {
         json!({"features": row}),
         json!({"features": [row, row]}),
         json!({"instances": [row]}),
+        json!({"features": {"a": 5.1, "b": 3.5, "c": null, "d": 0.2}}),
+        json!({"instances": [{"d": 1, "c": 2, "b": 3, "a": 4}, {"a": 1, "b": 2, "c": 3, "d": 4}]}),
         json!({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [row, row]}],
                "outputs": [{"name": "predict"}, {"name": "predict_proba", "parameters": {"binary_data": true}}]}),
         json!({"id": "a", "parameters": {"binary_data_output": true},
@@ -101,8 +103,9 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
 
 /// Every parser on one body: no panic, and anything parsed is within the budget.
 fn parse_all(body: &[u8]) -> Result<(), TestCaseError> {
+    let names = ["a", "b", "c", "d"].map(String::from);
     for key in ["features", "instances"] {
-        if let Ok(rows) = rows_from_object(body, key, BUDGET) {
+        if let Ok(rows) = rows_from_object(body, key, BUDGET, &names) {
             prop_assert!(rows.matrix.len() <= BUDGET.max_values());
         }
     }

@@ -163,15 +163,21 @@ fn inspect_prints_inputs_outputs_and_ops() {
     assert_eq!(meta["outputs"][0], json!({"name": "label", "datatype": "INT64", "shape": [-1]}), "{meta}");
     assert_eq!(meta["ops"], json!({"LinearClassifier": 1, "Normalizer": 1, "Scaler": 1}), "{meta}");
 
-    let out = Command::new(env!("CARGO_BIN_EXE_modelship-server"))
-        .arg("inspect")
-        .arg(generated().join("hostile-child-out-of-range.onnx"))
-        .output()
-        .expect("run inspect");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    let reason: Vec<&str> = stderr.lines().filter(|l| l.starts_with("modelship-server: ")).collect();
-    assert!(reason.len() == 1 && reason[0].contains("has child 1000000"), "{stderr}");
+    for (file, want) in [
+        ("hostile-child-out-of-range.onnx", "has child 1000000"),
+        ("hostile-garbage.onnx", "not a valid ONNX model"),
+        ("hostile-unknown-op.onnx", "ONNX operator Frobnicate"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_modelship-server"))
+            .arg("inspect")
+            .arg(generated().join(file))
+            .output()
+            .expect("run inspect");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{file}: {stderr}");
+        let reason: Vec<&str> = stderr.lines().filter(|l| l.starts_with("modelship-server: ")).collect();
+        assert!(reason.len() == 1 && reason[0].contains(want), "{file}: {stderr}");
+    }
 }
 
 /// A running `modelship-server serve` on a free loopback port, killed on drop.

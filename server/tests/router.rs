@@ -78,6 +78,30 @@ async fn predict_classic_contract() {
 }
 
 #[tokio::test]
+async fn named_features_in_any_order_predict_like_arrays() {
+    let s = state();
+    let names = &iris_artifact().feature_names;
+    assert_eq!(names.len(), 4);
+    let named = |row: [f64; 4]| -> Value {
+        // Reversed: the names, not the order, place the values.
+        Value::Object(names.iter().zip(row).rev().map(|(n, v)| (n.clone(), json!(v))).collect())
+    };
+    let (a, b) = ([5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]);
+    let r = post(&s, "/predict", json!({"features": named(a)})).await;
+    assert_eq!((r.status, r.body.as_slice()), (StatusCode::OK, &br#"{"prediction":[0]}"#[..]));
+    let r = post(&s, "/predict", json!({"features": [named(a), named(b)]})).await;
+    assert_eq!(r.json(), json!({"prediction": [0, 2]}));
+    let r = post(&s, "/v1/models/iris:predict", json!({"instances": [named(b)]})).await;
+    assert_eq!(r.json(), json!({"predictions": [2]}));
+    // A wrong name is a 400 naming it and listing the model's features.
+    let mut wrong = named(a);
+    wrong.as_object_mut().unwrap().insert("petal_colour".into(), json!(1));
+    let r = post(&s, "/predict", json!({"features": wrong})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains(r#"unknown feature "petal_colour""#) && r.error().contains(&names[0]), "{}", r.error());
+}
+
+#[tokio::test]
 async fn predict_probabilities_and_labels() {
     let s = state();
     let r =

@@ -233,11 +233,24 @@ proptest! {
     }
 }
 
-/// `inspect` and `serve` of payload files exit non-zero with the reason on one line, running nothing.
+/// `inspect` and `serve` of payload and broken files exit non-zero with the reason on one line,
+/// running nothing.
 #[test]
-fn the_binary_refuses_payloads_in_one_line() {
-    for file in ["os_system_p5.pkl", "payload-zlib.joblib", "tree_child_out_of_range.pkl", "skops_function_node.skops"]
-    {
+fn the_binary_refuses_payloads_and_broken_files_in_one_line() {
+    let mut truncated = read("tree.pkl");
+    truncated.truncate(truncated.len() / 2);
+    let truncated_path = files().dir.join("truncated-tree.pkl");
+    std::fs::write(&truncated_path, truncated).expect("write the truncated file");
+    let cases = [
+        ("os_system_p5.pkl", "refusing global posix.system"),
+        ("payload-zlib.joblib", "refusing global posix.system"),
+        ("tree_child_out_of_range.pkl", "invalid Tree"),
+        ("skops_function_node.skops", "refusing function posix.system"),
+        ("protocol0.pkl", "pickle protocols 0 and 1 are not supported"),
+        ("huge_shape.joblib", "exceeds the limit"),
+        ("truncated-tree.pkl", "truncated"),
+    ];
+    for (file, want) in cases {
         let path = files().dir.join(file);
         let inspect = Command::new(env!("CARGO_BIN_EXE_modelship-server")).arg("inspect").arg(&path).output();
         let serve = Command::new(env!("CARGO_BIN_EXE_modelship-server"))
@@ -246,12 +259,11 @@ fn the_binary_refuses_payloads_in_one_line() {
             .output();
         for out in [inspect, serve] {
             let out = out.expect("run modelship-server");
-            assert!(!out.status.success(), "{file} was accepted");
+            assert_eq!(out.status.code(), Some(1), "{file} was not refused with exit 1");
             let stderr = String::from_utf8_lossy(&out.stderr);
             let last = stderr.lines().last().unwrap_or_default();
             assert!(last.starts_with("modelship-server: "), "{file}: {stderr}");
-            let named = ["refusing global posix.system", "refusing function posix.system", "invalid Tree"];
-            assert!(named.iter().any(|n| last.contains(n)), "{file}: {last}");
+            assert!(last.contains(want), "{file}: {last:?} does not contain {want:?}");
         }
     }
     assert!(!files().marker.exists(), "a payload ran");
