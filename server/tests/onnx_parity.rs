@@ -180,6 +180,46 @@ fn inspect_prints_inputs_outputs_and_ops() {
     }
 }
 
+/// `batch` scores an ONNX file like `serve`: the label column is onnxruntime's label, the
+/// regressor's column its value, every input column kept.
+#[test]
+fn batch_scores_onnx_models_like_onnxruntime() {
+    let manifest = manifest();
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("onnx-batch-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("work dir");
+    for name in ["forest_classifier-float32", "mlp_classifier-float64", "forest_regressor-float32"] {
+        let m = model_named(&manifest, name);
+        let x: Vec<Vec<f64>> = serde_json::from_value(m["x"].clone()).expect("rows");
+        let mut csv = (0..x[0].len()).map(|i| format!("x{i}")).collect::<Vec<_>>().join(",") + "\n";
+        for row in &x {
+            csv += &(row.iter().map(f64::to_string).collect::<Vec<_>>().join(",") + "\n");
+        }
+        let (input, output) = (work.join(format!("{name}.csv")), work.join(format!("{name}-scored.csv")));
+        std::fs::write(&input, csv).expect("write input");
+        let out = Command::new(env!("CARGO_BIN_EXE_modelship-server"))
+            .arg("batch")
+            .arg("--model")
+            .arg(generated().join(m["file"].as_str().expect("file")))
+            .arg("--input")
+            .arg(&input)
+            .arg("--output")
+            .arg(&output)
+            .output()
+            .expect("run batch");
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        let scored = std::fs::read_to_string(&output).expect("scored CSV");
+        let mut lines = scored.lines();
+        let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+        assert_eq!(header.last(), Some(&"prediction"), "{name}: {header:?}");
+        assert_eq!(header.len(), x[0].len() + 1, "{name}: every input column kept");
+        let got: Vec<f64> =
+            lines.map(|l| l.rsplit(',').next().and_then(|v| v.parse().ok()).expect("a number")).collect();
+        let want = floats(&m["outputs"][0]["data"]);
+        let d = max_diff(&got, &want).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(d <= TOLERANCE, "{name}: batch differs from onnxruntime by {d:e}");
+    }
+}
+
 /// A running `modelship-server serve` on a free loopback port, killed on drop.
 struct Server {
     child: tokio::process::Child,
