@@ -137,6 +137,12 @@ SPECS = [
     ("hist_gradient_boosting_poisson", HistGradientBoostingRegressor(loss="poisson", max_iter=20, random_state=0), X_nan, y_count, None),
     ("logistic_liblinear_multiclass", LogisticRegression(solver="liblinear"), X, y_3, (1, 7)),
 ]
+if VERSION >= (1, 6):
+    # ExtraTrees learn where missing values go from 1.6 on (random forests from 1.4, trees from 1.3).
+    SPECS += [
+        ("extra_trees_classifier_nan", ExtraTreesClassifier(n_estimators=15, max_depth=8, random_state=0), X_nan, y_3, None),
+        ("extra_trees_regressor_nan", ExtraTreesRegressor(n_estimators=15, max_depth=8, random_state=0), X_nan, y_reg, None),
+    ]
 if VERSION < (1, 7):
     # Before 1.7, multi_class picks one-vs-rest or softmax probabilities.
     SPECS += [
