@@ -56,6 +56,20 @@ async fn serves_like_sklearn(container: &k8s_openapi::api::core::v1::Container, 
     .await;
     let resp = http.post(format!("{base}/predict")).json(&serde_json::json!({"features": logged.rows})).send().await;
     let body: serde_json::Value = resp.unwrap().json().await.unwrap();
+    // The same rows by the signature's column names (objects, as a DataFrame's records are).
+    let named: Vec<serde_json::Value> = logged
+        .rows
+        .iter()
+        .map(|row| {
+            serde_json::Value::Object(logged.features.iter().cloned().zip(row.iter().map(|v| (*v).into())).collect())
+        })
+        .collect();
+    let by_name: serde_json::Value = if logged.features.is_empty() {
+        body.clone()
+    } else {
+        let resp = http.post(format!("{base}/predict")).json(&serde_json::json!({"features": named})).send().await;
+        resp.unwrap().json().await.unwrap()
+    };
     // V2 metadata names the features as the MLflow signature does.
     let name = container.args.iter().flatten().skip_while(|a| *a != "--name").nth(1).cloned().unwrap_or_default();
     let meta: serde_json::Value =
@@ -63,6 +77,7 @@ async fn serves_like_sklearn(container: &k8s_openapi::api::core::v1::Container, 
     let _ = server.kill();
     let _ = server.wait();
     assert_eq!(body, serde_json::json!({"prediction": logged.predictions}), "scikit-learn's predictions");
+    assert_eq!(by_name, body, "rows by the signature's column names");
     if logged.features.is_empty() {
         // An ONNX model: its graph's own input.
         assert_eq!(meta["inputs"][0]["shape"], serde_json::json!([-1, 4]), "{meta}");
