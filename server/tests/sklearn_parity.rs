@@ -260,6 +260,23 @@ async fn serve_and_compare(file: &Path, m: &Value, what: &str) {
         .expect("JSON");
     assert_eq!(meta["outputs"][1]["name"], "predict_proba", "{what}: {meta}");
     assert_eq!(meta["outputs"][0]["datatype"], "BYTES", "string labels: {meta}");
+    // feature_names_in_ name the V2 input's features, and /predict takes rows by those names.
+    assert_eq!(meta["inputs"][0]["parameters"]["feature_names"], m["feature_names"], "{what}: {meta}");
+    let names: Vec<String> = serde_json::from_value(m["feature_names"].clone()).expect("feature names");
+    let named: Vec<Value> = rows
+        .iter()
+        .map(|r| Value::Object(names.iter().cloned().zip(r.as_array().cloned().unwrap_or_default()).rev().collect()))
+        .collect();
+    let got: Value = client
+        .post(format!("{base}/predict"))
+        .json(&serde_json::json!({ "features": named }))
+        .send()
+        .await
+        .expect("predict")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(got["prediction"].as_array().expect("prediction")[..], m["predict"].as_array().expect("predict")[..50]);
 
     // By default /predict answers the labels themselves, as scikit-learn's predict does.
     let body = serde_json::json!({ "features": rows });
@@ -392,6 +409,15 @@ fn inspect_and_batch_read_a_skops_file() {
     };
     let meta: Value = serde_json::from_slice(&run(&["inspect".as_ref(), file.as_os_str()])).expect("inspect JSON");
     assert_eq!((&meta["encoding"], &meta["class"]), (&"skops".into(), &"LogisticRegression".into()), "{meta}");
+    // A joblib forest: its classes and its trees.
+    let forest =
+        manifest["models"].as_array().expect("models").iter().find(|m| m["name"] == "random_forest_classifier");
+    let forest = forest.expect("random_forest_classifier generated");
+    let forest_file = dir.join(forest["files"]["joblib-zlib3.joblib"].as_str().expect("file"));
+    let fmeta: Value = serde_json::from_slice(&run(&["inspect".as_ref(), forest_file.as_os_str()])).expect("JSON");
+    assert_eq!((&fmeta["class"], &fmeta["encoding"]), (&"RandomForestClassifier".into(), &"zlib".into()), "{fmeta}");
+    assert_eq!(fmeta["trees"]["trees"], 15, "{fmeta}");
+    assert_eq!(fmeta["classes"], serde_json::json!([0, 1, 2]), "{fmeta}");
     assert_eq!(
         (&meta["feature_names"], &meta["sklearn_version"]),
         (&m["feature_names"], &Value::from(version.as_str()))
