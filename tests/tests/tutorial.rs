@@ -218,3 +218,55 @@ async fn a_refused_pickle_ends_as_model_load_failed_with_the_servers_reason() {
     assert!(msg.contains("not a supported scikit-learn class"), "{msg}");
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// An ONNX export of the tutorial's model, from a ConfigMap's binaryData with `format: onnx`:
+/// Ready, and the pod template's server predicts what scikit-learn predicts.
+#[tokio::test]
+async fn an_onnx_export_in_a_configmap_is_served_with_format_onnx() {
+    let (c, ns) = setup("tutorial-onnx").await;
+    let _op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
+    let work = std::env::temp_dir().join(format!("modelship-tutorial-{}", ns.name));
+    std::fs::create_dir_all(&work).unwrap();
+    // The tutorial's training, exported with skl2onnx (zipmap off) in the ONNX test venv; prints
+    // scikit-learn's predictions of three flowers.
+    let export = r#"
+import json
+from skl2onnx import to_onnx
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+X, y = load_iris(return_X_y=True)
+model = LogisticRegression(max_iter=200).fit(X, y)
+onx = to_onnx(model, X[:1].astype("float32"), options={id(model): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
+open("model.onnx", "wb").write(onx.SerializeToString())
+rows = [[5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [6.9, 3.1, 5.4, 2.1]]
+print(json.dumps({"rows": rows, "predictions": model.predict(rows).tolist()}))
+"#;
+    let onnx_python = python("server/tests/onnx/venv", &["--check"]);
+    let out = Command::new(&onnx_python).args(["-c", export]).current_dir(&work).output().unwrap();
+    assert!(out.status.success(), "export: {}", String::from_utf8_lossy(&out.stderr));
+    let want: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let onnx = std::fs::read(work.join("model.onnx")).unwrap();
+
+    let out = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+        .args(["create", "configmap", "iris-onnx", "--from-file=model.onnx", "-n", &ns.name])
+        .current_dir(&work)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kubectl create configmap: {}", String::from_utf8_lossy(&out.stderr));
+    let cm = Api::<ConfigMap>::namespaced(c.clone(), &ns.name).get("iris-onnx").await.unwrap();
+    assert_eq!(cm.binary_data.as_ref().and_then(|d| d.get("model.onnx")).map(|b| &b.0), Some(&onnx));
+    let manifest = "apiVersion: modelship.dev/v1alpha1\nkind: MLModel\nmetadata: {name: iris-onnx}\n\
+                    spec: {model: {uri: configmap://iris-onnx/model.onnx, format: onnx, version: v1}}\n";
+    kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(manifest)).unwrap();
+    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
+    wait_ready(&models, "iris-onnx", Some("v1"), T).await;
+
+    let server = PodTemplateServer::start(&c, &ns.name, "iris-onnx").await;
+    let format = server.args.iter().position(|a| a == "--model-format").map(|i| server.args[i + 1].as_str());
+    assert_eq!(format, Some("onnx"));
+    assert_eq!(std::fs::read(server.model_path()).unwrap(), onnx, "the mounted file is the bytes exported");
+    let body = serde_json::json!({"features": want["rows"]}).to_string();
+    let got: serde_json::Value = serde_json::from_str(&curl(&server.base, &body)).unwrap();
+    assert_eq!(got, serde_json::json!({"prediction": want["predictions"]}), "scikit-learn's predictions");
+    let _ = std::fs::remove_dir_all(&work);
+}
