@@ -138,22 +138,29 @@ impl TensorSpec {
     }
 }
 
-/// An output tensor as V2 JSON: datatype, shape and flat row-major data.
-pub fn output_json(t: &Tensor) -> Result<(DataType, Vec<usize>, Value), String> {
-    // tract computes some integer outputs (a label from ArgMax) as symbolic dimensions.
-    if t.datum_type() == DatumType::TDim {
-        let ints = t.cast_to::<i64>().map_err(|e| e.to_string())?;
-        return output_json(&ints);
-    }
+/// An output's V2 datatype, with the tensor to read it from: tract computes some integer outputs
+/// (a label from ArgMax) as symbolic dimensions, which are cast to INT64.
+fn output_typed(t: &Tensor) -> Result<(DataType, std::borrow::Cow<'_, Tensor>), String> {
+    let t = if t.datum_type() == DatumType::TDim {
+        std::borrow::Cow::Owned(t.cast_to::<i64>().map_err(|e| e.to_string())?.into_owned())
+    } else {
+        std::borrow::Cow::Borrowed(t)
+    };
     let dt = DataType::from_datum(t.datum_type())
         .ok_or_else(|| format!("output type {:?} is not supported", t.datum_type()))?;
+    Ok((dt, t))
+}
+
+/// An output tensor as V2 JSON: datatype, shape and flat row-major data.
+pub fn output_json(t: &Tensor) -> Result<(DataType, Vec<usize>, Value), String> {
+    let (dt, t) = output_typed(t)?;
     let data = match dt {
-        DataType::Fp32 => json!(values::<f32>(t)?.into_iter().map(f64::from).collect::<Vec<_>>()),
-        DataType::Fp64 => json!(values::<f64>(t)?),
-        DataType::Int32 => json!(values::<i32>(t)?),
-        DataType::Int64 => json!(values::<i64>(t)?),
-        DataType::Bool => json!(values::<bool>(t)?),
-        DataType::Bytes => json!(values::<String>(t)?),
+        DataType::Fp32 => json!(values::<f32>(&t)?.into_iter().map(f64::from).collect::<Vec<_>>()),
+        DataType::Fp64 => json!(values::<f64>(&t)?),
+        DataType::Int32 => json!(values::<i32>(&t)?),
+        DataType::Int64 => json!(values::<i64>(&t)?),
+        DataType::Bool => json!(values::<bool>(&t)?),
+        DataType::Bytes => json!(values::<String>(&t)?),
     };
     Ok((dt, t.shape().to_vec(), data))
 }
@@ -161,24 +168,28 @@ pub fn output_json(t: &Tensor) -> Result<(DataType, Vec<usize>, Value), String> 
 /// An output in the binary tensor data encoding: little-endian values, one byte per BOOL, each
 /// BYTES element prefixed by its 4-byte little-endian length.
 pub fn output_binary(t: &Tensor) -> Result<(DataType, Vec<usize>, Vec<u8>), String> {
-    if t.datum_type() == DatumType::TDim {
-        let ints = t.cast_to::<i64>().map_err(|e| e.to_string())?;
-        return output_binary(&ints);
-    }
-    let dt = DataType::from_datum(t.datum_type())
-        .ok_or_else(|| format!("output type {:?} is not supported", t.datum_type()))?;
+    let (dt, t) = output_typed(t)?;
     let bytes = match dt {
-        DataType::Fp32 => values::<f32>(t)?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        DataType::Fp64 => values::<f64>(t)?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        DataType::Int32 => values::<i32>(t)?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        DataType::Int64 => values::<i64>(t)?.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        DataType::Bool => values::<bool>(t)?.into_iter().map(u8::from).collect(),
-        DataType::Bytes => values::<String>(t)?
+        DataType::Fp32 => values::<f32>(&t)?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DataType::Fp64 => values::<f64>(&t)?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DataType::Int32 => values::<i32>(&t)?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DataType::Int64 => values::<i64>(&t)?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DataType::Bool => values::<bool>(&t)?.into_iter().map(u8::from).collect(),
+        DataType::Bytes => values::<String>(&t)?
             .iter()
             .flat_map(|s| (s.len() as u32).to_le_bytes().into_iter().chain(s.bytes()))
             .collect(),
     };
     Ok((dt, t.shape().to_vec(), bytes))
+}
+
+/// The flat index of a float output's first NaN or infinity, read in place (other types have none).
+pub fn first_non_finite(t: &Tensor) -> Option<usize> {
+    match t.datum_type() {
+        DatumType::F32 => t.to_plain_array_view::<f32>().ok()?.iter().position(|x| !x.is_finite()),
+        DatumType::F64 => t.to_plain_array_view::<f64>().ok()?.iter().position(|x| !x.is_finite()),
+        _ => None,
+    }
 }
 
 /// A tensor's elements, row-major.

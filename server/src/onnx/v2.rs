@@ -191,7 +191,7 @@ pub fn infer(m: &OnnxModel, body: &[u8], binary: &[u8], max_rows: usize) -> Resu
     for (i, binary_out) in wanted {
         let t = results.get(i).ok_or(ApiError::Internal)?;
         // An overflow to NaN or infinity is an error, never a silent answer.
-        if let Some(at) = tensors::output_f64(t).ok().and_then(|v| v.iter().position(|x| !x.is_finite())) {
+        if let Some(at) = tensors::first_non_finite(t) {
             let per_row = t.len() / t.shape().first().copied().unwrap_or(1).max(1);
             return Err(ApiError::Input(InputError::NotFiniteOutput { row: at / per_row.max(1) }));
         }
