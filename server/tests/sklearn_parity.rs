@@ -341,8 +341,9 @@ fn same_predictions(got: &Value, m: &Value) -> bool {
 }
 
 /// `/predict` through the router answers with scikit-learn's labels, and takes `null` for a
-/// missing value exactly where scikit-learn takes NaN, with its predictions for those rows (also
-/// as NaN in V2 binary tensor data); elsewhere a null is a 400 naming the row and the feature.
+/// missing value exactly where scikit-learn's `predict` takes NaN (every model, both versions),
+/// with its predictions for those rows (also as NaN in V2 binary tensor data); elsewhere a null is
+/// a 400 naming the row and the feature.
 #[tokio::test]
 async fn http_predict_answers_labels_and_takes_null_where_scikit_learn_takes_nan() {
     let (mut served_nan, mut refused_nan, mut failures) = (0, 0, Vec::new());
@@ -354,23 +355,34 @@ async fn http_predict_answers_labels_and_takes_null_where_scikit_learn_takes_nan
             let model = modelship_server::model::Model::new(model, None, None);
             let (handles_nan, model_name) = (model.handles_nan(), model.name.clone());
             let state = modelship_server::http::AppState::with_model(model, Default::default());
-            let body = serde_json::json!({ "features": m["x"] }).to_string().into_bytes();
-            let (status, body) = post(&state, "/predict", None, body).await;
-            let has_null =
-                m["x"].as_array().into_iter().flatten().flat_map(|r| r.as_array()).flatten().any(Value::is_null);
             let name = format!("scikit-learn {version} {}", m["name"]);
-            if has_null && !handles_nan {
-                refused_nan += 1;
-                let e = body["error"].as_str().unwrap_or_default();
-                if status != 400 || !(e.starts_with("row ") && e.contains("missing value")) {
-                    failures.push(format!("{name}: a null gave {status} {body}"));
-                }
+            let accepts_nan = m["accepts_nan"].as_bool().expect("accepts_nan");
+            if handles_nan != accepts_nan {
+                failures.push(format!("{name}: takes NaN {handles_nan}, scikit-learn's predict {accepts_nan}"));
                 continue;
             }
+            if !accepts_nan {
+                refused_nan += 1;
+                let mut row = m["x"][0].clone();
+                row[1] = Value::Null;
+                let body = serde_json::json!({ "features": [m["x"][1], row] }).to_string().into_bytes();
+                let (status, body) = post(&state, "/predict", None, body).await;
+                let e = body["error"].as_str().unwrap_or_default();
+                if status != 400 || !(e.starts_with("row 1") && e.contains("missing value")) {
+                    failures.push(format!("{name}: a null gave {status} {body}"));
+                }
+            }
+            let body = serde_json::json!({ "features": m["x"] }).to_string().into_bytes();
+            let (status, body) = post(&state, "/predict", None, body).await;
             if status != 200 || !same_predictions(&body["prediction"], m) {
                 failures.push(format!("{name}: {status}, prediction differs from scikit-learn's"));
             }
+            let has_null =
+                m["x"].as_array().into_iter().flatten().flat_map(|r| r.as_array()).flatten().any(Value::is_null);
             if !has_null {
+                if accepts_nan && !m["name"].as_str().is_some_and(|n| n.ends_with("_at_thresholds")) {
+                    failures.push(format!("{name}: takes NaN but its held-out rows have none"));
+                }
                 continue;
             }
             served_nan += 1;
@@ -390,8 +402,9 @@ async fn http_predict_answers_labels_and_takes_null_where_scikit_learn_takes_nan
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    // HistGradientBoosting and the imputing pipelines, in both versions; trees fitted on NaN are refused.
-    assert!(served_nan >= 10 && refused_nan > 0, "served {served_nan} models with nulls, refused {refused_nan}");
+    // Trees, forests, HistGradientBoosting and the imputing pipelines take NaN; linear models and
+    // GradientBoosting (and, before 1.9, trees with monotonic constraints) refuse it.
+    assert!(served_nan >= 20 && refused_nan >= 20, "served {served_nan} models with nulls, refused {refused_nan}");
 }
 
 /// `inspect` and `batch` of a skops file, through the real binary, as for a pickle.

@@ -41,6 +41,8 @@ pub struct Fitted {
     pub classes: Vec<Label>,
     /// The scikit-learn version that pickled the model (`_sklearn_version`).
     pub sklearn_version: Option<String>,
+    /// Whether the predictor itself takes NaN in `predict` (see [`predictor_takes_nan`]).
+    predictor_takes_nan: bool,
 }
 
 impl Fitted {
@@ -71,6 +73,7 @@ impl Fitted {
         }
         check_width(last, width)?;
         let (predictor, classes) = predictor(last, width)?;
+        let predictor_takes_nan = predictor_takes_nan(last);
         Ok(Self {
             class: top.class,
             steps: steps.iter().map(|s| s.class).collect(),
@@ -80,6 +83,7 @@ impl Fitted {
             feature_names,
             classes,
             sklearn_version: top.str("_sklearn_version").ok().map(str::to_string),
+            predictor_takes_nan,
         })
     }
 
@@ -89,11 +93,12 @@ impl Fitted {
     }
 
     /// Whether NaN inputs mean "missing" as scikit-learn allows here: a SimpleImputer of NaN
-    /// fills them (the scalers before it keep NaN, as scikit-learn's do), or a
-    /// HistGradientBoosting predictor routes them down its learned branch.
+    /// fills them (the scalers before it keep NaN, as scikit-learn's do), or the predictor routes
+    /// them down a learned branch (HistGradientBoosting, and trees where the scikit-learn version
+    /// that pickled them does).
     pub fn handles_nan(&self) -> bool {
         self.transforms.iter().any(|t| matches!(t, Transform::Impute { missing: Missing::Nan, .. }))
-            || matches!(self.steps.last(), Some(s) if s.starts_with("HistGradientBoosting"))
+            || self.predictor_takes_nan
     }
 
     /// Whether the final estimator has `predict_proba`.
@@ -104,6 +109,45 @@ impl Fitted {
             Predictor::Linear(_) | Predictor::TreeRegressor(_) | Predictor::BoostingRegressor(_) => false,
         }
     }
+}
+
+/// Whether scikit-learn's `predict` takes NaN for this final estimator, in the version that
+/// pickled it (`_sklearn_version`; unknown: no), as measured with scikit-learn 1.5 to 1.9:
+/// HistGradientBoosting always; decision trees from 1.3 with the best splitter (random from 1.6),
+/// random forests from 1.4, extra trees from 1.6; before 1.9 only for the criteria below and
+/// without `monotonic_cst`, from 1.9 for every criterion. GradientBoosting never does.
+fn predictor_takes_nan(o: &Obj<'_>) -> bool {
+    if o.class.starts_with("HistGradientBoosting") {
+        return true;
+    }
+    let since = match o.class {
+        "DecisionTreeClassifier" | "DecisionTreeRegressor" => match o.str("splitter") {
+            Ok("best") => (1, 3),
+            Ok("random") => (1, 6),
+            _ => return false,
+        },
+        "RandomForestClassifier" | "RandomForestRegressor" => (1, 4),
+        "ExtraTreesClassifier" | "ExtraTreesRegressor" => (1, 6),
+        _ => return false,
+    };
+    let Some(version) = o.str("_sklearn_version").ok().and_then(minor_version) else {
+        return false;
+    };
+    if version < since {
+        return false;
+    }
+    const CRITERIA: [&str; 6] = ["gini", "log_loss", "entropy", "squared_error", "friedman_mse", "poisson"];
+    version >= (1, 9)
+        || (o.str("criterion").is_ok_and(|c| CRITERIA.contains(&c))
+            && matches!(o.get("monotonic_cst"), None | Some(Node::None)))
+}
+
+/// `(major, minor)` of a version string such as `1.6.1` or `1.7.dev0`.
+fn minor_version(v: &str) -> Option<(u32, u32)> {
+    let mut parts = v.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor: String = parts.next()?.chars().take_while(char::is_ascii_digit).collect();
+    Some((major, minor.parse().ok()?))
 }
 
 /// Collects the estimators of a (possibly nested) Pipeline, skipping `None` / `"passthrough"`.
@@ -184,4 +228,20 @@ fn predictor(o: &Obj<'_>, n: usize) -> Result<(Predictor, Vec<Label>), SklearnEr
             );
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::minor_version;
+
+    #[test]
+    fn minor_versions_read_releases_and_dev_builds() {
+        assert_eq!(minor_version("1.6.1"), Some((1, 6)));
+        assert_eq!(minor_version("1.10.0"), Some((1, 10)));
+        assert_eq!(minor_version("1.7.dev0"), Some((1, 7)));
+        assert_eq!(minor_version("1.8rc1"), Some((1, 8)));
+        assert_eq!(minor_version("1"), None);
+        assert_eq!(minor_version("x.y"), None);
+        assert!(minor_version("1.10.0") > Some((1, 9)));
+    }
 }
