@@ -16,6 +16,7 @@ import zipfile
 import cloudpickle
 import joblib
 import numpy as np
+import pandas as pd
 import sklearn
 import skops
 import skops.io
@@ -44,6 +45,8 @@ from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, RobustScaler, Stan
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 warnings.filterwarnings("ignore")
+# A model fitted on named columns and asked with a bare array is a mistake here, not a warning.
+warnings.filterwarnings("error", message="X does not have valid feature names")
 VERSION = tuple(int(p) for p in sklearn.__version__.split(".")[:2])
 N_TRAIN, N_TEST, N_FEATURES = 2000, 1000, 6
 
@@ -65,10 +68,10 @@ X_empty_col[:N_TRAIN, 5] = np.nan
 NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width", "age", "income"]
 
 
-def named(est):
-    """Marks an estimator as fitted on named columns, as a pandas DataFrame would."""
-    est.feature_names_in_ = np.asarray(NAMES, dtype=object)
-    return est
+def frame(a):
+    """The rows as a pandas DataFrame with named columns (an estimator fitted on one keeps
+    `feature_names_in_`)."""
+    return pd.DataFrame(a, columns=NAMES)
 
 
 def pipe(*steps):
@@ -80,6 +83,7 @@ SPECS = [
     ("logistic_binary", LogisticRegression(max_iter=1000), X, y_bin, None),
     ("logistic_multinomial", LogisticRegression(max_iter=1000), X, y_3, None),
     ("logistic_strings_named", LogisticRegression(max_iter=1000, C=0.5), X, y_str, None),
+    ("pipeline_impute_tree_named", pipe(SimpleImputer(), DecisionTreeClassifier(max_depth=6, random_state=0)), X_nan, y_3, None),
     ("logistic_no_intercept", LogisticRegression(max_iter=1000, fit_intercept=False), X, y_odd, None),
     ("logistic_liblinear_binary", LogisticRegression(solver="liblinear"), X, y_bin, None),
     ("linear_regression", LinearRegression(), X, y_reg, None),
@@ -194,17 +198,17 @@ def main(out):
         if before is not None and VERSION > before:
             continue
         train, test = data[:N_TRAIN], data[N_TRAIN:]
+        # "_named" models are fitted on a DataFrame, so scikit-learn sets feature_names_in_.
+        rows = frame if name.endswith("_named") else np.asarray
         try:
-            est.fit(train, y[:N_TRAIN])
+            est.fit(rows(train), y[:N_TRAIN])
             nan = bool(np.isnan(train).any())
         except ValueError:
             # This scikit-learn version does not accept NaN for the estimator: fit and test on clean rows.
             train, test = X[:N_TRAIN], X[N_TRAIN:]
-            est.fit(train, y[:N_TRAIN])
+            est.fit(rows(train), y[:N_TRAIN])
             nan = False
-        if name.endswith("_named"):
-            named(est)
-        accepts_nan = _accepts_nan(est)
+        accepts_nan = _accepts_nan(est, rows)
         if name.endswith("_at_thresholds"):
             test = at_thresholds(est, test)
         elif accepts_nan and not nan:
@@ -215,8 +219,8 @@ def main(out):
             path = f"{name}.{fmt}"
             save(est, os.path.join(out, path))
             files[fmt] = path
-        pred = est.predict(test)
-        proba = est.predict_proba(test).tolist() if hasattr(est, "predict_proba") and _has_proba(est) else None
+        pred = est.predict(rows(test))
+        proba = est.predict_proba(rows(test)).tolist() if hasattr(est, "predict_proba") and _has_proba(est, rows) else None
         classes = est.classes_.tolist() if hasattr(est, "classes_") else None
         models.append(
             {
@@ -242,20 +246,20 @@ def main(out):
         json.dump(manifest, f)
 
 
-def _accepts_nan(est):
+def _accepts_nan(est, rows):
     """Whether this scikit-learn's predict takes a row with a missing value."""
     row = X[:1].copy()
     row[0, 0] = np.nan
     try:
-        est.predict(row)
+        est.predict(rows(row))
         return True
     except ValueError:
         return False
 
 
-def _has_proba(est):
+def _has_proba(est, rows):
     try:
-        est.predict_proba(X[:1])
+        est.predict_proba(rows(X[:1]))
         return True
     except AttributeError:
         return False
