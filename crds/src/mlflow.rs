@@ -67,6 +67,20 @@ pub fn artifact_url(tracking: &str, artifact_uri: &str, file: &str) -> Result<St
     Err(MlflowError::ArtifactScheme(artifact_uri.to_string()))
 }
 
+/// Whether two URLs have the same scheme, host and port. Credentials for a tracking server go
+/// only to it (its REST API and its artifact proxy), never to an artifact location elsewhere
+/// that a model version's source names.
+pub fn same_origin(a: &str, b: &str) -> bool {
+    origin(a) == origin(b)
+}
+
+/// `scheme://host:port` of a URL, lower-cased (what a browser calls its origin).
+fn origin(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    format!("{}://{}", scheme.to_ascii_lowercase(), host.to_ascii_lowercase())
+}
+
 /// An error body of the MLflow REST API.
 #[derive(Debug, Default, Deserialize)]
 pub struct ErrorBody {
@@ -266,6 +280,16 @@ impl MlModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        assert!(same_origin("http://MLflow.svc:5000", "http://mlflow.svc:5000/api/2.0/mlflow/x?name=a"));
+        assert!(same_origin("http://h:5000?x=1", "http://h:5000/"));
+        assert!(!same_origin("http://h:5000", "https://h:5000"));
+        assert!(!same_origin("http://h:5000", "http://h:5001/x"));
+        assert!(!same_origin("http://h:5000", "http://h:5000.evil.example/x"));
+        assert!(!same_origin("http://h:5000", "http://files.example/h:5000"));
+    }
 
     const MLMODEL: &str = r#"
 artifact_path: model

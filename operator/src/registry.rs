@@ -48,16 +48,11 @@ impl RegistrySettings {
             .map(|u| u.trim_end_matches('/').to_string())
     }
 
-    fn credentials_for(&self, tracking: &str) -> Option<&Credentials> {
-        let default = self.default_tracking_uri.as_deref()?.trim_end_matches('/');
-        (origin(default) == origin(tracking)).then_some(self.credentials.as_ref()).flatten()
+    /// The credentials for a request to `url`: only to the default tracking server itself.
+    fn credentials_for(&self, url: &str) -> Option<&Credentials> {
+        let default = self.default_tracking_uri.as_deref()?;
+        mlflow::same_origin(default, url).then_some(self.credentials.as_ref()).flatten()
     }
-}
-
-/// `scheme://host:port` of a URL (what a browser would call its origin).
-fn origin(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    format!("{}://{}", scheme.to_ascii_lowercase(), rest.split('/').next().unwrap_or_default().to_ascii_lowercase())
 }
 
 /// Why a registry reference could not be resolved. Each variant has a status reason.
@@ -190,7 +185,9 @@ impl Registry {
     async fn get_text(&self, tracking: &str, url: &str, what: &str) -> Result<String, RegistryError> {
         let unavailable = |reason: String| RegistryError::Unavailable { url: url.to_string(), reason };
         let mut req = self.http.get(url);
-        req = match self.settings.credentials_for(tracking) {
+        // To the default tracking server only: not to another one a model names, nor to an
+        // artifact location on another host that a version's source names.
+        req = match self.settings.credentials_for(url) {
             Some(Credentials::Basic { username, password }) => req.basic_auth(username, Some(password)),
             Some(Credentials::Bearer(token)) => req.bearer_auth(token),
             None => req,
@@ -234,7 +231,11 @@ mod tests {
             default_tracking_uri: Some("http://MLflow.mlflow.svc:5000/".into()),
             credentials: Some(Credentials::Bearer("t0ken".into())),
         };
-        assert!(s.credentials_for("http://mlflow.mlflow.svc:5000").is_some());
+        assert!(s.credentials_for("http://mlflow.mlflow.svc:5000/api/2.0/mlflow/registered-models/alias").is_some());
+        assert!(
+            s.credentials_for("http://mlflow.mlflow.svc:5000/api/2.0/mlflow-artifacts/artifacts/1/MLmodel").is_some()
+        );
+        assert!(s.credentials_for("http://files.example/mlflow.mlflow.svc:5000/MLmodel").is_none());
         assert!(s.credentials_for("http://evil.example:5000").is_none());
         assert!(s.credentials_for("https://mlflow.mlflow.svc:5000").is_none());
         assert!(!format!("{s:?}").contains("t0ken"));

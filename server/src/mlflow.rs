@@ -109,7 +109,9 @@ struct Client<'a> {
 
 impl Client<'_> {
     async fn get(&self, url: &str) -> Result<Vec<u8>, LoadError> {
-        match load::download(url, self.max_bytes, self.auth).await {
+        // The credentials go to the tracking server only, not to an artifact location elsewhere.
+        let auth = self.auth.filter(|_| mlflow::same_origin(self.tracking, url));
+        match load::download(url, self.max_bytes, auth).await {
             // `download` reports a refused request by its status line.
             Err(LoadError::Download { reason, .. })
                 if reason.starts_with("HTTP status 401") || reason.starts_with("HTTP status 403") =>

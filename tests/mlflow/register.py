@@ -8,6 +8,11 @@
       (features: [], the graph names its input), pyfunc a pure python_function model (no flavor
       Modelship serves).
       --broken then overwrites the stored model file with garbage (a version that cannot load).
+  register.py save-http TRACKING_URI NAME DIR BASE_URL [--columns N]
+      saves the same model with mlflow.sklearn.save_model into DIR/NAME-vK (K: the next version)
+      and registers it with source BASE_URL/NAME-vK, a plain HTTP artifact location (the tracking
+      server must allow the scheme: MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES=http); prints
+      JSON as log does. --columns N records a signature of only the first N columns.
   register.py alias TRACKING_URI NAME ALIAS VERSION
       points NAME@ALIAS at VERSION.
 Credentials, if any, come from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
@@ -22,15 +27,52 @@ import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 
 
-def log(tracking, name, serialization, broken):
-    import pandas as pd
+def tutorial_model():
+    """The tutorial's model, seeded: (model, x_train, x_test, feature names)."""
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
     iris = load_iris(as_frame=True)
     x_train, x_test, y_train, _ = train_test_split(iris.data, iris.target, test_size=0.2, random_state=42)
-    model = LogisticRegression(max_iter=200).fit(x_train, y_train)
+    return LogisticRegression(max_iter=200).fit(x_train, y_train), x_train, x_test, list(iris.data.columns)
+
+
+def printed(version, run_id, features, model, x_test, model_id=None):
+    print(json.dumps({
+        "version": version,
+        "run_id": run_id,
+        "model_id": model_id,
+        "features": features,
+        "rows": x_test.values.tolist(),
+        "predictions": model.predict(x_test).tolist(),
+        "probabilities": model.predict_proba(x_test).tolist(),
+    }))
+
+
+def save_http(tracking, name, directory, base_url, columns):
+    import os
+
+    from mlflow.models import infer_signature
+
+    model, x_train, x_test, features = tutorial_model()
+    client = MlflowClient(tracking)
+    if not client.search_registered_models(f"name='{name}'"):
+        client.create_registered_model(name)
+    version = 1 + max([int(v.version) for v in client.search_model_versions(f"name='{name}'")] or [0])
+    cols = x_train.iloc[:, :columns] if columns else x_train
+    signature = infer_signature(cols, model.predict(x_train))
+    sub = f"{name}-v{version}"
+    mlflow.sklearn.save_model(model, os.path.join(directory, sub), serialization_format="skops", signature=signature)
+    mv = client.create_model_version(name, source=f"{base_url.rstrip('/')}/{sub}")
+    assert int(mv.version) == version, (mv.version, version)
+    printed(version, "", list(cols.columns), model, x_test)
+
+
+def log(tracking, name, serialization, broken):
+    import pandas as pd
+
+    model, x_train, x_test, features = tutorial_model()
     mlflow.set_tracking_uri(tracking)
     with mlflow.start_run() as run:
         if serialization == "onnx":
@@ -69,16 +111,8 @@ def log(tracking, name, serialization, broken):
             from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
             get_artifact_repository(uri).log_artifact(path)
-    rows = x_test.values.tolist()
-    print(json.dumps({
-        "version": version,
-        "run_id": run.info.run_id,
-        "model_id": getattr(info, "model_id", None),
-        "features": [] if serialization == "onnx" else list(iris.data.columns),
-        "rows": rows,
-        "predictions": model.predict(x_test).tolist(),
-        "probabilities": model.predict_proba(x_test).tolist(),
-    }))
+    features = [] if serialization == "onnx" else features
+    printed(version, run.info.run_id, features, model, x_test, getattr(info, "model_id", None))
 
 
 def alias(tracking, name, alias_name, version):
@@ -90,6 +124,9 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "log":
         log(args[0], args[1], args[2], "--broken" in args[3:])
+    elif cmd == "save-http":
+        columns = int(args[args.index("--columns") + 1]) if "--columns" in args else None
+        save_http(args[0], args[1], args[2], args[3], columns)
     elif cmd == "alias":
         alias(*args[:4])
     else:

@@ -5,6 +5,7 @@
 pub mod mlflow;
 pub mod pod_template;
 pub mod proxy;
+pub mod token_gateway;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

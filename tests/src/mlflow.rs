@@ -109,6 +109,19 @@ impl Mlflow {
         serde_json::from_str(&self.python(&["log", &self.url, name, "pickle", "--broken"])).expect("register.py output")
     }
 
+    /// Saves the tutorial's model into `dir` (served at `base_url` by an [`ArtifactHost`]) and
+    /// registers it as the next version of `name` with that plain HTTP location as its source;
+    /// `columns` records a signature of only that many columns.
+    pub fn save_http(&self, name: &str, host: &ArtifactHost, columns: Option<usize>) -> Logged {
+        let dir = host.dir.to_string_lossy().into_owned();
+        let mut args = vec!["save-http".to_string(), self.url.clone(), name.into(), dir, host.url.clone()];
+        if let Some(n) = columns {
+            args.extend(["--columns".to_string(), n.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        serde_json::from_str(&self.python(&args)).expect("register.py output")
+    }
+
     /// Points `name@alias` at `version`.
     pub fn set_alias(&self, name: &str, alias: &str, version: u64) {
         self.python(&["alias", &self.url, name, alias, &version.to_string()]);
@@ -129,6 +142,44 @@ impl Drop for Mlflow {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// A plain HTTP file server on 127.0.0.1 (Python's `http.server`) over a temporary directory: an
+/// artifact location that is neither MLflow's artifact proxy nor a cloud store. Stopped on drop.
+pub struct ArtifactHost {
+    pub dir: PathBuf,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    child: Child,
+}
+
+impl ArtifactHost {
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("modelship-artifacts-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("artifact directory");
+        let child = Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "http.server on port {port} did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self { dir, url: format!("http://127.0.0.1:{port}"), child }
+    }
+}
+
+impl Drop for ArtifactHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

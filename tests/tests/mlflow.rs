@@ -12,7 +12,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use modelship_crds::MLModel;
-use modelship_tests::mlflow::{ADMIN, Logged, Mlflow, run_container};
+use modelship_tests::mlflow::{ADMIN, ArtifactHost, Logged, Mlflow, run_container};
+use modelship_tests::token_gateway::TokenGateway;
 use modelship_tests::{
     Operator, OperatorOptions, TestNamespace, client, install_crd, kubectl_stdin, wait_for, wait_ready,
 };
@@ -147,7 +148,10 @@ async fn pinned_and_aliased_mlflow_models_roll_out_and_survive_an_outage() {
     mlflow.stop();
     let (m, reason, message) = wait_condition(&models, "champion", "RegistryAvailable", "False").await;
     assert_eq!(reason, "RegistryUnavailable");
-    assert!(message.contains(&mlflow.url), "{message}");
+    assert!(
+        message.contains(&mlflow.url) && message.contains("Connection refused"),
+        "the URL and the error: {message}"
+    );
     assert!(modelship_tests::is_ready(&m, Some("2")), "still Ready: {:?}", m.status);
     assert!(
         modelship_tests::is_ready(&models.get("pinned").await.unwrap(), Some("1")),
@@ -264,6 +268,29 @@ async fn basic_auth_credentials_are_used_and_refusals_reported() {
     assert_eq!(reason, "RegistryCredentialsRefused");
     assert!(message.contains("refused the credentials"), "{message}");
     assert!(!op2.log_text().contains("wrong-password-x7"), "the operator log shows the password");
+
+    // A user MLflow knows but who may not read the model: 403, also credentials refused.
+    let http = reqwest::Client::new();
+    let admin = |path: &str, body: serde_json::Value| {
+        http.post(format!("{}/api/2.0/mlflow/{path}", mlflow.url)).basic_auth(ADMIN.0, Some(ADMIN.1)).json(&body).send()
+    };
+    let user = serde_json::json!({"username": "reader", "password": "reader-pass-2c9"});
+    assert!(admin("users/create", user).await.unwrap().status().is_success());
+    let denied = serde_json::json!({"name": "iris", "username": "reader", "permission": "NO_PERMISSIONS"});
+    let r = admin("registered-models/permissions/create", denied).await.unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let ns3 = TestNamespace::new(&c, "mlflow-auth-denied").await;
+    let mut opts = OperatorOptions::for_namespace(&ns3.name);
+    opts.extra_args =
+        ["--mlflow-tracking-uri", &mlflow.url, "--mlflow-username", "reader", "--mlflow-password", "reader-pass-2c9"]
+            .map(String::from)
+            .to_vec();
+    let _op3 = Operator::start_own(&opts);
+    apply(&ns3.name, "secured", serde_json::json!({"uri": "models:/iris/1"}));
+    let models3: Api<MLModel> = Api::namespaced(c.clone(), &ns3.name);
+    let (_, reason, message) = wait_condition(&models3, "secured", "Degraded", "True").await;
+    assert_eq!(reason, "RegistryCredentialsRefused");
+    assert!(message.contains("refused the credentials (HTTP 403)"), "{message}");
 }
 
 #[tokio::test]
@@ -335,4 +362,111 @@ async fn bad_mlflow_uris_are_refused_by_the_api_server() {
         });
         kubectl_stdin(&["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], Some(&m.to_string())).unwrap();
     }
+}
+
+/// MLflow behind an authenticating gateway that takes a bearer token (as a reverse proxy in front
+/// of a tracking server does): the operator's and the pod's token are used, a pinned version is
+/// never asked again while an alias is polled, unknown names are Degraded naming them, and the
+/// gateway's 502 while MLflow is down keeps the model serving with the error shown.
+#[tokio::test]
+async fn a_token_gateway_pinned_versions_unknown_names_and_a_bad_gateway() {
+    let c = client().await;
+    install_crd().await;
+    let mlflow = Mlflow::start(false);
+    let v1 = mlflow.log_model("iris", "skops");
+    mlflow.log_model("fixed", "pickle");
+    mlflow.set_alias("iris", "champion", 1);
+    let token = "tok-modelship-5d1";
+    let gateway = TokenGateway::start(mlflow.url.trim_start_matches("http://"), token).await;
+    let ns = TestNamespace::new(&c, "mlflow-token").await;
+    let mut opts = OperatorOptions::for_namespace(&ns.name);
+    opts.extra_args = ["--mlflow-tracking-uri", &gateway.url, "--mlflow-token", token].map(String::from).to_vec();
+    let op = Operator::start_own(&opts);
+    let secret =
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: mlflow-token}}\nstringData: {{token: {token}}}\n");
+    kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&secret)).unwrap();
+    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
+    let registry = serde_json::json!({"credentialsSecret": "mlflow-token", "pollSeconds": 1});
+
+    // The operator resolves through the gateway with its token; the pod downloads with the Secret's.
+    apply(&ns.name, "champion", serde_json::json!({"uri": "models:/iris@champion", "registry": registry}));
+    apply(&ns.name, "pinned", serde_json::json!({"uri": "models:/fixed/1", "registry": registry}));
+    wait_ready(&models, "champion", Some("1"), Duration::from_secs(90)).await;
+    wait_ready(&models, "pinned", Some("1"), Duration::from_secs(90)).await;
+    let container = server_container(&c, &ns.name, "champion").await;
+    let token_env = container.env.iter().flatten().find(|e| e.name == "MLFLOW_TRACKING_TOKEN").cloned();
+    let key = token_env.and_then(|e| e.value_from?.secret_key_ref).map(|r| (r.name, r.key));
+    assert_eq!(key, Some(("mlflow-token".to_string(), "token".to_string())), "{:?}", container.env);
+    serves_like_sklearn(&container, &[("MLFLOW_TRACKING_TOKEN", token)], &v1).await;
+    let (server, _) = run_container(&container, &[("MLFLOW_TRACKING_TOKEN", "not-the-token")]);
+    let out = server.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refused the credentials") && !stderr.contains("not-the-token"), "{stderr}");
+
+    // Polled every second for the alias; the pinned version is never asked again.
+    let (alias_asks, pinned_asks) = (gateway.count("alias=champion"), gateway.count("name=fixed"));
+    assert!(pinned_asks > 0, "the pinned version was resolved through the gateway");
+    wait_for("three more polls of the alias", Duration::from_secs(60), || async {
+        (gateway.count("alias=champion") >= alias_asks + 3).then_some(())
+    })
+    .await;
+    assert_eq!(gateway.count("name=fixed"), pinned_asks, "a pinned version was asked again");
+
+    // Unknown names: Degraded, naming what is missing, and no Deployment.
+    apply(&ns.name, "no-alias", serde_json::json!({"uri": "models:/iris@nosuch", "registry": registry}));
+    apply(&ns.name, "no-model", serde_json::json!({"uri": "models:/ghost/1", "registry": registry}));
+    for (name, what) in [("no-alias", "alias nosuch of registered model iris"), ("no-model", "registered model ghost")]
+    {
+        let (_, reason, message) = wait_condition(&models, name, "Degraded", "True").await;
+        assert_eq!(reason, "RegistryModelNotFound", "{name}: {message}");
+        assert!(message.contains(what), "{name}: {message}");
+        assert!(Api::<Deployment>::namespaced(c.clone(), &ns.name).get_opt(name).await.unwrap().is_none());
+    }
+
+    // MLflow down behind the gateway: 502, the model keeps serving and the condition says why.
+    let generation = deployment_generation(&c, &ns.name, "champion").await;
+    mlflow.stop();
+    let (m, reason, message) = wait_condition(&models, "champion", "RegistryAvailable", "False").await;
+    assert_eq!(reason, "RegistryUnavailable");
+    assert!(message.contains(&gateway.url) && message.contains("HTTP 502"), "{message}");
+    assert!(modelship_tests::is_ready(&m, Some("1")), "still Ready: {:?}", m.status);
+    mlflow.restart();
+    wait_condition(&models, "champion", "RegistryAvailable", "True").await;
+    assert_eq!(deployment_generation(&c, &ns.name, "champion").await, generation, "no rollout");
+    assert!(!op.log_text().contains(token), "the operator log shows the token");
+}
+
+/// A version registered with a plain HTTP artifact location (a file server, not MLflow's artifact
+/// proxy) is resolved and served; a version whose recorded signature does not fit the model's
+/// features is refused by the server with both counts.
+#[tokio::test]
+async fn an_http_artifact_location_and_a_signature_that_does_not_fit() {
+    let c = client().await;
+    install_crd().await;
+    let mlflow = Mlflow::start(false);
+    let host = ArtifactHost::start();
+    let v1 = mlflow.save_http("web", &host, None);
+    mlflow.save_http("web", &host, Some(3));
+    let ns = TestNamespace::new(&c, "mlflow-http").await;
+    let _op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
+    let models: Api<MLModel> = Api::namespaced(c.clone(), &ns.name);
+    let registry = serde_json::json!({"trackingURI": mlflow.url});
+
+    apply(&ns.name, "web", serde_json::json!({"uri": "models:/web/1", "registry": registry}));
+    let m = wait_ready(&models, "web", Some("1"), Duration::from_secs(90)).await;
+    let resolved = m.status.as_ref().unwrap().model.clone().unwrap();
+    assert_eq!(resolved.source.as_deref(), Some(format!("{}/web-v1", host.url).as_str()), "{resolved:?}");
+    serves_like_sklearn(&server_container(&c, &ns.name, "web").await, &[], &v1).await;
+
+    apply(&ns.name, "web-3", serde_json::json!({"uri": "models:/web/2", "registry": registry}));
+    wait_for("the Deployment of version 2", Duration::from_secs(60), || async {
+        Api::<Deployment>::namespaced(c.clone(), &ns.name).get_opt("web-3").await.ok().flatten()
+    })
+    .await;
+    let (server, _) = run_container(&server_container(&c, &ns.name, "web-3").await, &[]);
+    let out = server.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the MLmodel signature has 3 inputs but the model expects 4 features"), "{stderr}");
 }
