@@ -136,6 +136,47 @@ fn the_values_schema_rejects_bad_values_naming_the_field() {
     assert_eq!(find(&docs, "Deployment", "modelship")["spec"]["replicas"], 2);
 }
 
+/// `mlflow.trackingURI` becomes the operator's flag and `mlflow.credentialsSecret` its optional
+/// env from that Secret, named as the operator's own `--help` names them; neither by default.
+#[test]
+fn the_mlflow_values_reach_the_operator_as_its_flag_and_env() {
+    let container =
+        |docs: &[Value]| find(docs, "Deployment", "modelship")["spec"]["template"]["spec"]["containers"][0].clone();
+    let set = ["mlflow.trackingURI=http://mlflow.mlflow.svc:5000", "mlflow.credentialsSecret=mlflow-operator"];
+    let c = container(&render(&set));
+    let args: Vec<&str> = c["args"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(args.contains(&"--mlflow-tracking-uri=http://mlflow.mlflow.svc:5000"), "{args:?}");
+    let refs: BTreeSet<(String, String)> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["valueFrom"]["secretKeyRef"]["name"] == "mlflow-operator")
+        .inspect(|e| assert_eq!(e["valueFrom"]["secretKeyRef"]["optional"], true, "{e}"))
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["valueFrom"]["secretKeyRef"]["key"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> = [
+        ("MODELSHIP_MLFLOW_USERNAME", "username"),
+        ("MODELSHIP_MLFLOW_PASSWORD", "password"),
+        ("MODELSHIP_MLFLOW_TOKEN", "token"),
+    ]
+    .map(|(e, k)| (e.to_string(), k.to_string()))
+    .into();
+    assert_eq!(refs, want);
+    let help = run(&modelship_tests::binary("modelship-operator"), &["--help"], None).unwrap();
+    for name in
+        ["--mlflow-tracking-uri", "MODELSHIP_MLFLOW_USERNAME", "MODELSHIP_MLFLOW_PASSWORD", "MODELSHIP_MLFLOW_TOKEN"]
+    {
+        assert!(help.contains(name), "the operator has no {name}: {help}");
+    }
+    let default = container(&render(&[]));
+    assert!(!default.to_string().contains("mlflow"), "no MLflow settings by default: {default}");
+}
+
 #[test]
 fn the_chart_grants_exactly_the_api_calls_the_operator_makes() {
     let docs = render(&[]);
