@@ -346,19 +346,30 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
     Ok(Action::requeue(requeue.min(registry_poll(ctx, model, registry))))
 }
 
-/// When to ask the tracking server again: every `pollSeconds` for an alias, sooner (with
-/// backoff, at most every `pollSeconds`) while it does not answer; never for a pinned version.
 fn registry_poll(ctx: &Context, model: &MLModel, registry: Option<&desired::RegistrySource>) -> Duration {
+    let unavailable = registry.is_some_and(|r| r.unavailable.is_some());
+    match ctx.registry_failures.lock() {
+        Ok(mut failures) => next_registry_poll(model, unavailable, &mut failures, std::time::Instant::now()),
+        Err(_) => Duration::from_secs(model.spec.model.poll_seconds().max(1) as u64),
+    }
+}
+
+/// When to ask the tracking server again: every `pollSeconds` (default 60) for an alias, sooner
+/// (with backoff, at most every `pollSeconds`) while it does not answer; never for a pinned
+/// version. `failures` counts the consecutive unanswered polls per model.
+pub fn next_registry_poll(
+    model: &MLModel,
+    unavailable: bool,
+    failures: &mut Failures,
+    now: std::time::Instant,
+) -> Duration {
     let is_alias = matches!(ModelUri::parse(&model.spec.model.uri), Ok(ModelUri::Registry(RegistryRef::Alias { .. })));
     let poll = Duration::from_secs(model.spec.model.poll_seconds().max(1) as u64);
-    let Ok(mut failures) = ctx.registry_failures.lock() else { return poll };
-    match registry {
-        Some(r) if r.unavailable.is_some() => backoff(failures.record(model, std::time::Instant::now())).min(poll),
-        _ => {
-            failures.clear(model);
-            if is_alias { poll } else { Duration::MAX }
-        }
+    if unavailable {
+        return backoff(failures.record(model, now)).min(poll);
     }
+    failures.clear(model);
+    if is_alias { poll } else { Duration::MAX }
 }
 
 /// `model` with an MLflow alias replaced by the version it resolved to: what is recorded as the

@@ -295,3 +295,25 @@ fn malformed_quantities_are_caught_before_the_api_server_fails_with_a_500() {
     assert_eq!(err.blocking_reason(), Some("InvalidSpec"));
     assert!(err.to_string().starts_with(r#"spec.server.resources.limits.memory: "lots" is not a quantity"#), "{err}");
 }
+
+/// An alias is asked again every `pollSeconds` (60 by default); an unanswered poll backs off
+/// (5 s, 10 s, ...) but never waits longer than `pollSeconds`, and an answer resets the backoff;
+/// a pinned version or run is never asked again.
+#[test]
+fn registry_polls_follow_poll_seconds_back_off_while_unanswered_and_never_for_pinned() {
+    use modelship_operator::reconcile::next_registry_poll;
+    let (mut failures, now) = (Failures::default(), Instant::now());
+    let secs = Duration::from_secs;
+    let alias = model("models:/iris@champion");
+    assert_eq!(next_registry_poll(&alias, false, &mut failures, now), secs(60), "the default pollSeconds");
+    let mut every_30s = alias.clone();
+    every_30s.spec.model.registry = serde_json::from_value(serde_json::json!({"pollSeconds": 30})).unwrap();
+    let unanswered: Vec<Duration> = (0..6).map(|_| next_registry_poll(&every_30s, true, &mut failures, now)).collect();
+    assert_eq!(unanswered, [secs(5), secs(10), secs(20), secs(30), secs(30), secs(30)]);
+    assert_eq!(next_registry_poll(&every_30s, false, &mut failures, now), secs(30));
+    assert!(failures.is_empty(), "an answer resets the backoff");
+    assert_eq!(next_registry_poll(&every_30s, true, &mut failures, now), secs(5));
+    for pinned in ["models:/iris/3", "runs:/0a1b2c/model"] {
+        assert_eq!(next_registry_poll(&model(pinned), false, &mut failures, now), Duration::MAX, "{pinned}");
+    }
+}
