@@ -366,8 +366,9 @@ async fn bad_mlflow_uris_are_refused_by_the_api_server() {
 
 /// MLflow behind an authenticating gateway that takes a bearer token (as a reverse proxy in front
 /// of a tracking server does): the operator's and the pod's token are used, a pinned version is
-/// never asked again while an alias is polled, unknown names are Degraded naming them, and the
-/// gateway's 502 while MLflow is down keeps the model serving with the error shown.
+/// never asked again while an alias is polled, an alias move is acted on at the first poll that
+/// sees it, unknown names are Degraded naming them, and the gateway's 502 while MLflow is down
+/// keeps the model serving with the error shown.
 #[tokio::test]
 async fn a_token_gateway_pinned_versions_unknown_names_and_a_bad_gateway() {
     let c = client().await;
@@ -413,6 +414,22 @@ async fn a_token_gateway_pinned_versions_unknown_names_and_a_bad_gateway() {
     .await;
     assert_eq!(gateway.count("name=fixed"), pinned_asks, "a pinned version was asked again");
 
+    // An alias move is acted on at the first poll that sees it, counted in polls rather than
+    // seconds: once the move is done, at most two more asks (one may be in flight) before the
+    // status shows version 2 resolved; then version 2 rolls out to Ready.
+    let v2 = mlflow.log_model("iris", "pickle");
+    mlflow.set_alias("iris", "champion", v2.version);
+    let moved = gateway.count("alias=champion");
+    let acted = wait_for("version 2 resolved", Duration::from_secs(60), || async {
+        let m = models.get("champion").await.ok()?;
+        let resolved = m.status?.model?.resolved_version;
+        (resolved.as_deref() == Some("2")).then(|| gateway.count("alias=champion"))
+    })
+    .await;
+    eprintln!("alias asks after the move until it was acted on: {}", acted - moved);
+    assert!(acted <= moved + 2, "{} asks of the moved alias before the operator acted on it", acted - moved);
+    wait_ready(&models, "champion", Some("2"), Duration::from_secs(90)).await;
+
     // Unknown names: Degraded, naming what is missing, and no Deployment.
     apply(&ns.name, "no-alias", serde_json::json!({"uri": "models:/iris@nosuch", "registry": registry}));
     apply(&ns.name, "no-model", serde_json::json!({"uri": "models:/ghost/1", "registry": registry}));
@@ -430,7 +447,7 @@ async fn a_token_gateway_pinned_versions_unknown_names_and_a_bad_gateway() {
     let (m, reason, message) = wait_condition(&models, "champion", "RegistryAvailable", "False").await;
     assert_eq!(reason, "RegistryUnavailable");
     assert!(message.contains(&gateway.url) && message.contains("HTTP 502"), "{message}");
-    assert!(modelship_tests::is_ready(&m, Some("1")), "still Ready: {:?}", m.status);
+    assert!(modelship_tests::is_ready(&m, Some("2")), "still Ready: {:?}", m.status);
     mlflow.restart();
     wait_condition(&models, "champion", "RegistryAvailable", "True").await;
     assert_eq!(deployment_generation(&c, &ns.name, "champion").await, generation, "no rollout");
