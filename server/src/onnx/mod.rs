@@ -6,6 +6,7 @@ mod check;
 mod ops;
 mod tabular;
 pub mod tensors;
+mod trees;
 pub mod v2;
 
 use std::collections::BTreeMap;
@@ -124,7 +125,9 @@ impl OnnxModel {
                 let fact = input_fact(&model.symbols, spec);
                 model.set_input_fact(i, fact).map_err(|e| one_line(&e))?;
             }
-            model.into_optimized().and_then(|m| m.into_runnable()).map_err(|e| one_line(&e))
+            let mut typed = model.into_typed().map_err(|e| one_line(&e))?;
+            trees::replace_slow_kernels(&mut typed);
+            typed.into_optimized().and_then(|m| m.into_runnable()).map_err(|e| one_line(&e))
         })
         .map_err(OnnxError::Runtime)?;
         if plan.model().inputs.len() != inputs.len() || plan.model().outputs.len() != outputs.len() {
