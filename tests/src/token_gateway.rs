@@ -12,30 +12,44 @@ use tokio::net::{TcpListener, TcpStream};
 /// Request heads larger than this are refused (the clients here send a few hundred bytes).
 const MAX_HEAD: usize = 64 * 1024;
 
-/// One gateway; it stops when dropped.
+/// One gateway, on a thread and runtime of its own (so a test that blocks its own runtime, e.g.
+/// waiting for a child process that talks to the gateway, cannot stall it); stops when dropped.
 pub struct TokenGateway {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
     requests: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl TokenGateway {
     /// Listens on a free port of 127.0.0.1 and forwards admitted requests to `upstream` (`HOST:PORT`).
-    pub async fn start(upstream: &str, token: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the gateway");
+    pub fn start(upstream: &str, token: &str) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the gateway");
+        listener.set_nonblocking(true).expect("non-blocking listener");
         let url = format!("http://{}", listener.local_addr().expect("gateway address"));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (log, upstream, expected) = (requests.clone(), upstream.to_string(), format!("bearer {token}"));
-        let task = tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                let (log, upstream, expected) = (log.clone(), upstream.clone(), expected.clone());
-                tokio::spawn(async move {
-                    let _ = serve(conn, &upstream, &expected, &log).await;
-                });
-            }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("gateway runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(listener).expect("gateway listener");
+                let accept = async {
+                    while let Ok((conn, _)) = listener.accept().await {
+                        let (log, upstream, expected) = (log.clone(), upstream.clone(), expected.clone());
+                        tokio::spawn(async move {
+                            let _ = serve(conn, &upstream, &expected, &log).await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = stopped => {}
+                    _ = accept => {}
+                }
+            });
         });
-        Self { url, requests, task }
+        Self { url, requests, stop: Some(stop), thread: Some(thread) }
     }
 
     /// How many requests so far had a request line (`GET /path?query HTTP/1.1`) containing `needle`.
@@ -46,7 +60,12 @@ impl TokenGateway {
 
 impl Drop for TokenGateway {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -140,7 +159,7 @@ mod tests {
     #[tokio::test]
     async fn admits_only_the_token_and_says_when_the_upstream_is_gone() {
         let (addr, task) = upstream().await;
-        let gw = TokenGateway::start(&addr, "s3cret").await;
+        let gw = TokenGateway::start(&addr, "s3cret");
         let http = reqwest::Client::new();
         let get = |token: Option<&'static str>| {
             let mut r = http.get(format!("{}/api/2.0/x?name=iris", gw.url));

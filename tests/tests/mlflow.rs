@@ -269,15 +269,17 @@ async fn basic_auth_credentials_are_used_and_refusals_reported() {
     assert!(message.contains("refused the credentials"), "{message}");
     assert!(!op2.log_text().contains("wrong-password-x7"), "the operator log shows the password");
 
-    // A user MLflow knows but who may not read the model: 403, also credentials refused.
+    // A user MLflow knows but who is denied the model (MLflow 3's permission grant): 403, also
+    // credentials refused.
     let http = reqwest::Client::new();
     let admin = |path: &str, body: serde_json::Value| {
-        http.post(format!("{}/api/2.0/mlflow/{path}", mlflow.url)).basic_auth(ADMIN.0, Some(ADMIN.1)).json(&body).send()
+        http.post(format!("{}/api/{path}", mlflow.url)).basic_auth(ADMIN.0, Some(ADMIN.1)).json(&body).send()
     };
     let user = serde_json::json!({"username": "reader", "password": "reader-pass-2c9"});
-    assert!(admin("users/create", user).await.unwrap().status().is_success());
-    let denied = serde_json::json!({"name": "iris", "username": "reader", "permission": "NO_PERMISSIONS"});
-    let r = admin("registered-models/permissions/create", denied).await.unwrap();
+    assert!(admin("2.0/mlflow/users/create", user).await.unwrap().status().is_success());
+    let denied = serde_json::json!({"username": "reader", "resource_type": "registered_model",
+        "resource_id": "iris", "permission": "DENY"});
+    let r = admin("3.0/mlflow/users/permissions/grant", denied).await.unwrap();
     assert!(r.status().is_success(), "{:?}", r.text().await);
     let ns3 = TestNamespace::new(&c, "mlflow-auth-denied").await;
     let mut opts = OperatorOptions::for_namespace(&ns3.name);
@@ -378,7 +380,7 @@ async fn a_token_gateway_pinned_versions_unknown_names_and_a_bad_gateway() {
     mlflow.log_model("fixed", "pickle");
     mlflow.set_alias("iris", "champion", 1);
     let token = "tok-modelship-5d1";
-    let gateway = TokenGateway::start(mlflow.url.trim_start_matches("http://"), token).await;
+    let gateway = TokenGateway::start(mlflow.url.trim_start_matches("http://"), token);
     let ns = TestNamespace::new(&c, "mlflow-token").await;
     let mut opts = OperatorOptions::for_namespace(&ns.name);
     opts.extra_args = ["--mlflow-tracking-uri", &gateway.url, "--mlflow-token", token].map(String::from).to_vec();
