@@ -164,10 +164,7 @@ pub async fn load_declared(
     }
     let bytes = fetch(source, max_bytes).await?;
     verify(&bytes, sha256)?;
-    let limits = crate::sklearn::Limits {
-        max_file_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
-        ..Default::default()
-    };
+    let limits = crate::sklearn::Limits::for_model_bytes(usize::try_from(max_bytes).unwrap_or(usize::MAX));
     Ok(crate::sklearn::format::read_declared(&bytes, declared, &limits)?)
 }
 

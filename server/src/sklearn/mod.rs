@@ -66,6 +66,16 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// The limits for a model of at most `max_bytes` (`--max-model-bytes`): the file as fetched,
+    /// a compressed joblib file once expanded, and each array it declares (an array needs its
+    /// bytes present in the file, so it is never larger than the model may be).
+    pub fn for_model_bytes(max_bytes: usize) -> Self {
+        let pickle = pickle::Limits { max_array_bytes: max_bytes, ..Default::default() };
+        Self { max_file_bytes: max_bytes, pickle }
+    }
+}
+
 /// Predictions: class indices into [`SklearnModel::classes`], or regression values.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prediction {
@@ -196,5 +206,29 @@ impl SklearnModel {
             "predict_proba": self.has_proba(),
             "trees": trees,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Limits, pickle};
+
+    #[test]
+    fn the_model_byte_limit_bounds_the_file_its_expansion_and_each_array() {
+        // Above the 1 GiB default per array: a larger --max-model-bytes admits larger arrays.
+        let big = Limits::for_model_bytes(3 << 30);
+        assert_eq!((big.max_file_bytes, big.pickle.max_array_bytes), (3 << 30, 3 << 30));
+        let small = Limits::for_model_bytes(4096);
+        assert_eq!((small.max_file_bytes, small.pickle.max_array_bytes), (4096, 4096));
+        assert_eq!(small.pickle.max_nesting, pickle::Limits::default().max_nesting);
+        let e = super::numpy::Array::from_raw(
+            super::numpy::Dtype::parse("<f8").unwrap(),
+            vec![1024],
+            &[0u8; 8192],
+            false,
+            small.pickle.max_array_bytes,
+        )
+        .unwrap_err();
+        assert_eq!(e, "array of 8192 bytes exceeds the limit of 4096 bytes");
     }
 }
