@@ -6,6 +6,9 @@ pub const MODEL: &str = "modelship.dev/model";
 pub const TRACK: &str = "modelship.dev/track";
 /// Pod-template annotation: a hash of everything whose change must roll out new pods.
 pub const ROLLOUT_HASH: &str = "modelship.dev/rollout-hash";
+/// Annotation on each child: a digest of the object as the operator last applied it (an apply is
+/// sent only when this or a field the operator sets differs).
+pub const APPLIED: &str = "modelship.dev/applied";
 
 pub const NAME: &str = "app.kubernetes.io/name";
 pub const COMPONENT: &str = "app.kubernetes.io/component";

@@ -10,13 +10,14 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Parser;
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::ListParams;
+use kube::runtime::Controller;
+use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use modelship_crds::MLModel;
+use modelship_operator::api_requests::CountRequests;
+use modelship_operator::caches::Caches;
 use modelship_operator::desired::Settings;
 use modelship_operator::leader::{self, Elector, LeaseConfig};
 use modelship_operator::metrics::Metrics;
@@ -68,6 +69,19 @@ struct Flags {
     /// Bearer token for MLflow (set it through the env, from a Secret); sent only to --mlflow-tracking-uri.
     #[arg(long, env = "MODELSHIP_MLFLOW_TOKEN", conflicts_with = "mlflow_username", hide_env_values = true)]
     mlflow_token: Option<String>,
+    /// Reconciles that may run at once (of different models; one model is never reconciled twice
+    /// at once).
+    #[arg(long, env = "MODELSHIP_MAX_CONCURRENT_RECONCILES", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_reconciles: u16,
+    /// Events of one model within this window (its own status write, its Deployment's status
+    /// updates) run one reconcile, after the last of them.
+    #[arg(long, env = "MODELSHIP_DEBOUNCE_MS", default_value_t = 200)]
+    debounce_ms: u64,
+    /// Seconds between the resyncs of a Ready model (they send nothing when nothing changed).
+    #[arg(long, env = "MODELSHIP_RESYNC_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    resync_seconds: u64,
     /// Log format.
     #[arg(long, env = "MODELSHIP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -105,12 +119,17 @@ async fn main() {
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
     let config = kube::Config::infer().await.context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
+    let metrics = Arc::new(Metrics::new());
+    let count = CountRequests(metrics.clone());
     // Watches only: no read timeout (a quiet watch sends nothing for minutes; the watcher has its
     // own idle timeout).
-    let client = Client::try_from(config.clone()).context("building the Kubernetes client")?;
+    let client = kube::client::ClientBuilder::try_from(config.clone())
+        .context("building the Kubernetes client")?
+        .with_layer(&count)
+        .build();
     // Reconciles and Events: bounded requests, and writes only while leading.
     let gate = WriteGate::closed();
-    let writer = write_gate::gated_client(&config, &gate).context("building the reconcile client")?;
+    let writer = write_gate::gated_client(&config, &gate, &count).context("building the reconcile client")?;
     let models: Api<MLModel> = match &flags.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -120,7 +139,6 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .await
         .context("cannot list MLModels: is the CRD installed? (kubectl apply -f crds/mlmodel.yaml)")?;
 
-    let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     tokio::spawn(serve_http(flags.metrics_addr, metrics.clone(), ready.clone()));
     let identity = flags.identity.clone().unwrap_or_else(default_identity);
@@ -132,8 +150,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .or_else(|| flags.namespace.clone())
         .unwrap_or_else(|| "default".into());
     let lease_config = LeaseConfig::new(lease_ns, flags.lease_name.clone(), identity.clone());
-    let elector =
-        if flags.leader_elect { Some(Elector::new(lease_client(&config)?, lease_config.clone())) } else { None };
+    let elector = if flags.leader_elect {
+        Some(Elector::new(lease_client(&config, &count)?, lease_config.clone()))
+    } else {
+        None
+    };
+    // Every replica, leader or standby, keeps the caches: a standby takes over warm.
+    let (caches, watches) = Caches::start(&client, flags.namespace.as_deref(), &metrics);
+    let watches = tokio::spawn(watches);
+    caches.wait_until_ready().await.context("the watches stopped before their first listing")?;
+    info!(models = caches.models.state().len(), "caches ready");
     ready.store(true, Ordering::Relaxed);
 
     let shutdown = tokio_util_shutdown();
@@ -149,13 +175,22 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         _ => None,
     };
     let registry = RegistrySettings { default_tracking_uri: flags.mlflow_tracking_uri.clone(), credentials };
-    let ctx = Arc::new(Context::new(writer, settings, metrics.clone(), recorder).with_registry(registry));
+    let ctx = Arc::new(
+        Context::new(writer, settings, metrics.clone(), recorder)
+            .with_registry(registry)
+            .with_caches(caches.clone())
+            .with_resync(std::time::Duration::from_secs(flags.resync_seconds)),
+    );
+    let controller_config = ControllerConfig::default()
+        .concurrency(flags.max_concurrent_reconciles)
+        .debounce(std::time::Duration::from_millis(flags.debounce_ms));
     info!(namespace = flags.namespace.as_deref().unwrap_or("<all>"), server_image = %flags.server_image, %identity, "operator started");
 
-    let namespace = flags.namespace.as_deref();
+    let run = Run { caches, ctx, config: controller_config, grace: lease_config.stop_grace };
     let Some(mut elector) = elector else {
         gate.open();
-        run_controller(&client, namespace, ctx, shutdown, lease_config.stop_grace).await;
+        run.controller(shutdown).await;
+        watches.abort();
         info!("stopped");
         return Ok(());
     };
@@ -193,7 +228,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
                 }
             }
         };
-        let why = run_controller(&client, namespace, ctx.clone(), stop, lease_config.stop_grace).await;
+        let why = run.controller(stop).await;
         let why = why.unwrap_or(Stop::Shutdown);
         gate.close();
         metrics.leader.set(0);
@@ -202,7 +237,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         }
         elector = match holder.await {
             Ok(e) => e,
-            Err(_) => Elector::new(lease_client(&config)?, lease_config.clone()),
+            Err(_) => Elector::new(lease_client(&config, &count)?, lease_config.clone()),
         };
         if why == Stop::Shutdown {
             elector.release().await;
@@ -213,8 +248,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
 }
 
 /// The lease client: bounded requests and no retries (a stalled renewal must fail, not hang).
-fn lease_client(config: &kube::Config) -> anyhow::Result<Client> {
-    Client::try_from(write_gate::bounded_config(config)).context("building the lease client")
+fn lease_client(config: &kube::Config, count: &CountRequests) -> anyhow::Result<Client> {
+    Ok(kube::client::ClientBuilder::try_from(write_gate::bounded_config(config))
+        .context("building the lease client")?
+        .with_layer(count)
+        .build())
 }
 
 /// Why the controller was stopped.
@@ -224,63 +262,51 @@ enum Stop {
     Lost,
 }
 
-/// Runs the MLModel controller until `stop` resolves, then stops it within `grace`
-/// (see [`leader::run_until_stopped`]). Returns what `stop` resolved to, or `None` when the
-/// controller ended on its own.
-async fn run_controller<S>(
-    client: &Client,
-    namespace: Option<&str>,
+/// What each term of leadership runs the controller with.
+struct Run {
+    caches: Caches,
     ctx: Arc<Context>,
-    stop: impl std::future::Future<Output = S> + Send + 'static,
+    config: ControllerConfig,
     grace: std::time::Duration,
-) -> Option<S> {
-    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-        K::DynamicType: Default,
-    {
-        match ns {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
+}
+
+impl Run {
+    /// Runs the MLModel controller on the warm caches until `stop` resolves, then stops it within
+    /// `grace` (see [`leader::run_until_stopped`]). It reconciles every model at once, then each
+    /// model whose objects change. Returns what `stop` resolved to, or `None` when the controller
+    /// ended on its own.
+    async fn controller<S>(&self, stop: impl std::future::Future<Output = S> + Send + 'static) -> Option<S> {
+        info!(models = self.caches.models.state().len(), "starting controller");
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let controller = Controller::for_shared_stream(futures::stream::pending(), self.caches.models.clone())
+            .with_config(self.config.clone())
+            .reconcile_on(self.caches.subscribe())
+            .reconcile_all_on(futures::stream::once(async {}))
+            .graceful_shutdown_on(async move {
+                let _ = stopping_rx.await;
+            })
+            .run(reconcile::reconcile, reconcile::error_policy, self.ctx.clone())
+            .for_each(|res| async move {
+                match res {
+                    Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                    Err(other) => warn!(error = %other, "controller event"),
+                }
+            });
+        let why = leader::run_until_stopped(
+            controller,
+            stop,
+            move || {
+                let _ = stopping_tx.send(());
+            },
+            self.grace,
+        )
+        .await;
+        match why {
+            Some(_) => info!("controller stopped"),
+            None => warn!("controller stopped on its own"),
         }
+        why
     }
-    info!("starting controller");
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = Controller::new(api::<MLModel>(client, namespace), watcher::Config::default());
-    let store = controller.store();
-    let controller = controller
-        .owns(api::<Deployment>(client, namespace), watcher::Config::default())
-        .owns(api::<Service>(client, namespace), watcher::Config::default())
-        .watches(api::<ConfigMap>(client, namespace), watcher::Config::default(), move |cm| {
-            reconcile::models_using_configmap(&store, &cm)
-        })
-        .graceful_shutdown_on(async move {
-            let _ = stopping_rx.await;
-        })
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok(_) | Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
-                Err(other) => warn!(error = %other, "controller event"),
-            }
-        });
-    let why = leader::run_until_stopped(
-        controller,
-        stop,
-        move || {
-            let _ = stopping_tx.send(());
-        },
-        grace,
-    )
-    .await;
-    match why {
-        Some(_) => info!("controller stopped"),
-        None => warn!("controller stopped on its own"),
-    }
-    why
 }
 
 /// A cloneable future that resolves on SIGTERM or Ctrl-C.

@@ -3,12 +3,10 @@
 //! model's child) is left untouched and reported as a name conflict.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::Api;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use modelship_crds::MLModel;
-use serde::de::DeserializeOwned;
 
-use crate::error::{Error, KubeContext};
+use crate::error::Error;
 
 /// Whether `meta` carries `model`'s controller ownerReference.
 pub fn is_controlled_by(meta: &ObjectMeta, model: &MLModel) -> bool {
@@ -32,13 +30,4 @@ pub fn check(existing: Option<&ObjectMeta>, model: &MLModel, kind: &str, name: &
         }
         _ => Ok(()),
     }
-}
-
-/// Reads the metadata of the object `name` and [`check`]s it, before we apply to that name.
-pub async fn ensure_ours<K>(api: &Api<K>, model: &MLModel, kind: &str, name: &str) -> Result<(), Error>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    let existing = api.get_metadata_opt(name).await.during("get object before apply")?;
-    check(existing.as_ref().map(|o| &o.metadata), model, kind, name)
 }

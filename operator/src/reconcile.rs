@@ -8,14 +8,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, Preconditions,
-};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use modelship_crds::condition::{DEGRADED, READY};
 use modelship_crds::{
@@ -26,14 +23,17 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
+use crate::caches::Caches;
 use crate::desired::{self, ServerPods, Settings, SourceVersion, Track};
 use crate::error::{Error, KubeContext, is_refusal};
 use crate::failures::Failures;
+use crate::health::{self, Rollout};
 use crate::metrics::Metrics;
-use crate::ownership;
+use crate::observe::{self, Reads};
 use crate::registry::{Registry, RegistrySettings};
 use crate::rollback::{self, StableChoice};
-use crate::status::{self, CanaryObserved, Observed, Rollout};
+use crate::status::{self, CanaryObserved, Observed};
+use crate::{intent, ownership};
 use crate::{source, traffic, validate};
 
 /// Shared by every reconcile.
@@ -48,6 +48,10 @@ pub struct Context {
     pub registry: Registry,
     /// Consecutive passes per MLModel in which its tracking server did not answer.
     pub registry_failures: std::sync::Mutex<Failures>,
+    /// Where children are read from.
+    pub reads: Reads,
+    /// Periodic resync of a Ready model.
+    pub resync: Duration,
 }
 
 impl Context {
@@ -60,7 +64,21 @@ impl Context {
             failures: Default::default(),
             registry: Registry::new(RegistrySettings::default()),
             registry_failures: Default::default(),
+            reads: Reads::Direct,
+            resync: REQUEUE_READY,
         }
+    }
+
+    /// The same context reading children from `caches`.
+    pub fn with_caches(mut self, caches: Caches) -> Self {
+        self.reads = Reads::Cached(caches);
+        self
+    }
+
+    /// The same context resyncing Ready models every `resync`.
+    pub fn with_resync(mut self, resync: Duration) -> Self {
+        self.resync = resync;
+        self
     }
 
     /// The same context with the operator's MLflow settings.
@@ -79,8 +97,8 @@ pub fn backoff(n: u32) -> Duration {
 const REQUEUE_NOT_READY: Duration = Duration::from_secs(15);
 /// Requeue of a Ready model with an HPA (we do not watch HPAs: their status churns).
 const REQUEUE_AUTOSCALED: Duration = Duration::from_secs(60);
-/// Periodic resync of a Ready model.
-const REQUEUE_READY: Duration = Duration::from_secs(300);
+/// Periodic resync of a Ready model, by default.
+pub const REQUEUE_READY: Duration = Duration::from_secs(300);
 /// Requeue after a status write met a newer MLModel (409): soon, once the watch delivered it.
 const REQUEUE_STALE: Duration = Duration::from_secs(1);
 /// Field manager used only to hand `spec.replicas` over to an HPA (see `hand_over_replicas`).
@@ -144,13 +162,18 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
         Some(c) => Some(resolve(&c.model, None).await?),
         None => None,
     };
-    let before = deployments.get_opt(&name).await.during("get Deployment")?;
+    let before = observe::child(&ctx.reads, |c| &c.deployments, &deployments, &ns, &name).await?;
     let canary_name = Track::Canary.name(model);
-    let before_canary = deployments.get_opt(&canary_name).await.during("get canary Deployment")?;
+    // Without spec.canary, only a canary the cache knows (ours) matters.
+    let before_canary = if model.spec.canary.is_some() || !observe::has_caches(&ctx.reads) {
+        observe::child(&ctx.reads, |c| &c.deployments, &deployments, &ns, &canary_name).await?
+    } else {
+        observe::cached(&ctx.reads, |c| &c.deployments, &ns, &canary_name)
+    };
     // Checked here too (apply checks again) because the replicas hand-over writes before the apply.
     ownership::check(before.as_ref().map(|d| &d.metadata), model, "Deployment", &name)?;
     ownership::check(before_canary.as_ref().map(|d| &d.metadata), model, "Deployment", &canary_name)?;
-    let pods = list_pods(ctx, model, &ns).await?;
+    let pods = observe::pods(&ctx.reads, &Api::namespaced(ctx.client.clone(), &ns), model, &ns).await?;
 
     // The canary: scaled to zero once it has failed, until spec.canary names another version.
     let gateway = model.spec.traffic.as_ref().and_then(|t| t.gateway.as_ref());
@@ -160,8 +183,8 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
             if rollback.failed_canary.as_deref().is_some_and(|h| h != hash) {
                 (rollback.failed_canary, rollback.canary_message) = (None, None);
             }
-            let track_pods = rollback::pods_of(&pods, labels::TRACK_CANARY, &hash);
-            let health = rollback::health(before_canary.as_ref(), &hash, &track_pods);
+            let track_pods = health::pods_of(&pods, labels::TRACK_CANARY, &hash);
+            let health = health::health(before_canary.as_ref(), &hash, &track_pods);
             if let Some(msg) = rollback::canary_failed_now(&health, &hash, rollback.failed_canary.as_deref()) {
                 warn!(model = %name, namespace = %ns, %msg, "canary failed; scaling it to zero");
                 (rollback.failed_canary, rollback.canary_message) = (Some(hash.clone()), Some(msg));
@@ -180,8 +203,8 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
         if rollback.failed_stable.as_deref().is_some_and(|h| h != hash) {
             (rollback.failed_stable, rollback.stable_message) = (None, None);
         }
-        let track_pods = rollback::pods_of(&pods, labels::TRACK_STABLE, &hash);
-        let health = rollback::health(before.as_ref(), &hash, &track_pods);
+        let track_pods = health::pods_of(&pods, labels::TRACK_STABLE, &hash);
+        let health = health::health(before.as_ref(), &hash, &track_pods);
         let choice = rollback::stable_choice(
             &model.spec.model,
             &hash,
@@ -235,11 +258,11 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
                 replicas: (!autoscaled).then_some(stable_replicas),
             };
             let desired_deploy = desired::deployment(model, &pods_spec, &ctx.settings);
-            apply(ctx, model, &desired::service(model), "apply Service").await?;
+            apply_child(ctx, model, &desired::service(model), |c| &c.services, "apply Service").await?;
             if autoscaled {
                 hand_over_replicas(&deployments, &name, before.as_ref()).await?;
             }
-            let live: Deployment = apply(ctx, model, &desired_deploy, "apply Deployment").await?;
+            let live: Deployment = apply(ctx, model, &desired_deploy, before.as_ref(), "apply Deployment").await?;
             sync_hpa(ctx, model, &ns).await?;
             announce_rollout(ctx, model, before.as_ref(), &desired_deploy).await;
             Some(live)
@@ -257,15 +280,15 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
                 source: c.version,
                 replicas: Some(if c.failed { 0 } else { canary_replicas }),
             };
-            Some(
-                apply(ctx, model, &desired::deployment(model, &pods_spec, &ctx.settings), "apply canary Deployment")
-                    .await?,
-            )
+            let desired_canary = desired::deployment(model, &pods_spec, &ctx.settings);
+            Some(apply(ctx, model, &desired_canary, before_canary.as_ref(), "apply canary Deployment").await?)
         }
         // The experiment ended: remove the canary once the stable pods carry the whole load.
         None if model.spec.canary.is_none() => {
-            if before_canary.is_some() && status::rollout(deployment.as_ref()) == Rollout::Complete {
-                delete_owned(&deployments, model, &canary_name, "delete canary Deployment").await?;
+            if let Some(old) =
+                before_canary.as_ref().filter(|_| health::rollout(deployment.as_ref()) == Rollout::Complete)
+            {
+                delete_if_controlled(&deployments, model, &old.metadata, "delete canary Deployment").await?;
                 (rollback.failed_canary, rollback.canary_message) = (None, None);
                 None
             } else {
@@ -306,7 +329,7 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
             deployment: live_canary_deploy.as_ref(),
             health: match canary.as_ref() {
                 Some(c) if !handing_over => c.health.clone(),
-                _ => rollback::Health::Progressing,
+                _ => health::Health::Progressing,
             },
             source_problem: res.as_ref().err(),
             rolled_back: canary.as_ref().filter(|c| c.failed).and(rollback.canary_message.as_deref()),
@@ -341,7 +364,7 @@ async fn reconcile_inner(model: &Arc<MLModel>, ctx: &Context) -> Result<Action, 
     } else if autoscaled {
         REQUEUE_AUTOSCALED
     } else {
-        REQUEUE_READY
+        ctx.resync
     };
     Ok(Action::requeue(requeue.min(registry_poll(ctx, model, registry))))
 }
@@ -384,7 +407,7 @@ struct CanaryPlan<'a> {
     spec: &'a CanarySpec,
     uri: &'a ModelUri,
     version: &'a SourceVersion,
-    health: rollback::Health,
+    health: health::Health,
     /// This canary version failed before: it stays scaled to zero.
     failed: bool,
 }
@@ -416,8 +439,9 @@ pub fn error_policy(model: Arc<MLModel>, error: &Error, ctx: Arc<Context>) -> Ac
 }
 
 /// Server-side apply of one of the model's children, forced (we revert other writers' edits),
-/// only if no object of that name exists that the model does not control.
-async fn apply<K>(ctx: &Context, model: &MLModel, obj: &K, action: &'static str) -> Result<K, Error>
+/// only if no object of that name exists that the model does not control, and only if `live`
+/// (what the cluster has, from the cache or a GET) differs from it (see [`intent`]).
+async fn apply<K>(ctx: &Context, model: &MLModel, obj: &K, live: Option<&K>, action: &'static str) -> Result<K, Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -428,10 +452,36 @@ where
     let ns = model.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     let (kind, name) = (K::kind(&()), obj.name_any());
-    ownership::ensure_ours(&api, model, &kind, &name).await?;
+    ownership::check(live.map(|l| l.meta()), model, &kind, &name)?;
+    let sent = intent::stamped(obj);
+    if let Some(live) = live.filter(|l| intent::is_current(&sent, *l)) {
+        ctx.metrics.apply_skipped(action);
+        return Ok(live.clone());
+    }
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     ctx.metrics.applied(action);
-    api.patch(&name, &pp, &Patch::Apply(obj)).await.map_err(|e| refused(e, &kind, &name, action))
+    api.patch(&name, &pp, &Patch::Apply(&sent)).await.map_err(|e| refused(e, &kind, &name, action))
+}
+
+/// [`apply`] of a child whose live copy is read here (from `store`, else the API server).
+async fn apply_child<K>(
+    ctx: &Context,
+    model: &MLModel,
+    obj: &K,
+    store: fn(&Caches) -> &kube::runtime::reflector::Store<K>,
+    action: &'static str,
+) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let ns = model.namespace().ok_or(Error::MissingNamespace)?;
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let live = observe::child(&ctx.reads, store, &api, &ns, &obj.name_any()).await?;
+    apply(ctx, model, obj, live.as_ref(), action).await
 }
 
 /// A write the API server refuses for its content becomes [`Error::Rejected`] with its message.
@@ -469,16 +519,19 @@ async fn hand_over_replicas(api: &Api<Deployment>, name: &str, live: Option<&Dep
 /// Applies the HPA when autoscaling is set; deletes ours when it is not.
 async fn sync_hpa(ctx: &Context, model: &MLModel, ns: &str) -> Result<(), Error> {
     if let Some(hpa) = desired::hpa(model) {
-        apply(ctx, model, &hpa, "apply HorizontalPodAutoscaler").await?;
+        apply_child(ctx, model, &hpa, |c| &c.hpas, "apply HorizontalPodAutoscaler").await?;
         return Ok(());
     }
-    delete_owned(
-        &Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), ns),
-        model,
-        &model.name_any(),
-        "delete HorizontalPodAutoscaler",
-    )
-    .await
+    let api = Api::<HorizontalPodAutoscaler>::namespaced(ctx.client.clone(), ns);
+    let name = model.name_any();
+    let live = match observe::has_caches(&ctx.reads) {
+        true => observe::cached(&ctx.reads, |c| &c.hpas, ns, &name).map(|h| h.metadata),
+        false => api.get_metadata_opt(&name).await.during("get HorizontalPodAutoscaler")?.map(|h| h.metadata),
+    };
+    if let Some(live) = live {
+        delete_if_controlled(&api, model, &live, "delete HorizontalPodAutoscaler").await?;
+    }
+    Ok(())
 }
 
 /// Deletes the named object if it exists and this MLModel controls it.
@@ -521,11 +574,10 @@ where
 /// what carries our label and controller ownerReference). Returns how many it deleted.
 async fn prune_services(ctx: &Context, model: &MLModel, ns: &str, keep: &[String]) -> Result<usize, Error> {
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    let lp = ListParams::default().labels(&desired::pod_selector_string(model));
     let mut deleted = 0;
-    for svc in api.list_metadata(&lp).await.during("list Services")?.items {
-        if svc.metadata.name.as_ref().is_some_and(|n| !keep.contains(n))
-            && delete_if_controlled(&api, model, &svc.metadata, "delete Service").await?
+    for svc in observe::labelled(&ctx.reads, |c| &c.services, &api, model, ns).await? {
+        if svc.name.as_ref().is_some_and(|n| !keep.contains(n))
+            && delete_if_controlled(&api, model, &svc, "delete Service").await?
         {
             deleted += 1;
         }
@@ -549,15 +601,23 @@ async fn sync_gateway(
     with_canary: bool,
 ) -> Result<Option<String>, Error> {
     let mut keep = vec![model.name_any(), traffic::track_service_name(model, Track::Stable)];
-    apply(ctx, model, &traffic::track_service(model, Track::Stable), "apply stable Service").await?;
+    apply_child(ctx, model, &traffic::track_service(model, Track::Stable), |c| &c.services, "apply stable Service")
+        .await?;
     if with_canary {
-        apply(ctx, model, &traffic::track_service(model, Track::Canary), "apply canary Service").await?;
+        let canary = traffic::track_service(model, Track::Canary);
+        apply_child(ctx, model, &canary, |c| &c.services, "apply canary Service").await?;
         keep.push(traffic::track_service_name(model, Track::Canary));
     }
     prune_services(ctx, model, ns, &keep).await?;
-    let route = traffic::http_route(model, gateway, weights, with_canary);
+    let route = intent::stamped(&traffic::http_route(model, gateway, weights, with_canary));
     let (routes, name) = (http_route_api(ctx, ns), model.name_any());
-    ownership::ensure_ours(&routes, model, "HTTPRoute", &name).await?;
+    // Not cached: the Gateway API may not be installed, and few models use it.
+    let live = routes.get_opt(&name).await.during("get HTTPRoute")?;
+    ownership::check(live.as_ref().map(|r| &r.metadata), model, "HTTPRoute", &name)?;
+    if live.as_ref().is_some_and(|l| intent::is_current(&route, l)) {
+        ctx.metrics.apply_skipped("apply HTTPRoute");
+        return Ok(None);
+    }
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     ctx.metrics.applied("apply HTTPRoute");
     match routes.patch(&name, &pp, &Patch::Apply(route)).await {
@@ -570,12 +630,6 @@ async fn sync_gateway(
         )),
         Err(e) => Err(refused(e, "HTTPRoute", &name, "apply HTTPRoute")),
     }
-}
-
-async fn list_pods(ctx: &Context, model: &MLModel, ns: &str) -> Result<Vec<Pod>, Error> {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
-    let lp = ListParams::default().labels(&desired::pod_selector_string(model));
-    Ok(api.list(&lp).await.during("list Pods")?.items)
 }
 
 /// The outcome of a status write.
@@ -657,7 +711,7 @@ async fn announce_rollout(ctx: &Context, model: &MLModel, before: Option<&Deploy
             )
             .await;
         }
-        Some(b) if rollback::template_hash(b) != rollback::template_hash(desired) => {
+        Some(b) if health::template_hash(b) != health::template_hash(desired) => {
             info!(model = %model.name_any(), %version, "rolling out a new pod template");
             publish(ctx, model, EventType::Normal, "RolloutStarted", format!("rolling out model {version}")).await;
         }
@@ -679,16 +733,4 @@ async fn announce_conditions(ctx: &Context, model: &MLModel, old: Option<&MLMode
         info!(model = %model.name_any(), "model ready");
         publish(ctx, model, EventType::Normal, "Ready", c.message.clone()).await;
     }
-}
-
-/// MLModels in the ConfigMap's namespace whose `spec.model.uri` names it.
-pub fn models_using_configmap(store: &Store<MLModel>, cm: &ConfigMap) -> Vec<ObjectRef<MLModel>> {
-    let (ns, name) = (cm.namespace(), cm.name_any());
-    store
-        .state()
-        .iter()
-        .filter(|m| m.namespace() == ns)
-        .filter(|m| matches!(ModelUri::parse(&m.spec.model.uri), Ok(ModelUri::ConfigMap { name: n, .. }) if n == name))
-        .map(|m| ObjectRef::from_obj(m.as_ref()))
-        .collect()
 }

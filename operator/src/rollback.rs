@@ -6,50 +6,9 @@
 //! zero. The failed rollout hash is kept in `status.rollback` so it is not retried until the
 //! spec names something else.
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
-use modelship_crds::{ModelSpec, labels};
+use modelship_crds::ModelSpec;
 
-use crate::status::{self, Rollout};
-
-/// How one track's current rollout is going.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Health {
-    Progressing,
-    Available,
-    Failed { reason: String, message: String },
-}
-
-/// The pods of `track` whose pod template has rollout hash `hash` (one version's pods).
-pub fn pods_of(pods: &[Pod], track: &str, hash: &str) -> Vec<Pod> {
-    let get = |m: Option<&std::collections::BTreeMap<String, String>>, k: &str| m.and_then(|m| m.get(k)).cloned();
-    pods.iter()
-        .filter(|p| get(p.metadata.labels.as_ref(), labels::TRACK).as_deref() == Some(track))
-        .filter(|p| get(p.metadata.annotations.as_ref(), labels::ROLLOUT_HASH).as_deref() == Some(hash))
-        .cloned()
-        .collect()
-}
-
-/// The rollout hash of a Deployment's pod template.
-pub fn template_hash(d: &Deployment) -> Option<&str> {
-    d.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(labels::ROLLOUT_HASH).map(String::as_str)
-}
-
-/// How the live Deployment's rollout of the version with rollout hash `hash` is going; `pods`
-/// are that version's pods. A Deployment still on another template is Progressing.
-pub fn health(live: Option<&Deployment>, hash: &str, pods: &[Pod]) -> Health {
-    let Some(d) = live.filter(|d| template_hash(d) == Some(hash)) else {
-        return Health::Progressing;
-    };
-    match status::rollout(Some(d)) {
-        Rollout::Complete => Health::Available,
-        Rollout::DeadlineExceeded(message) => Health::Failed { reason: "ProgressDeadlineExceeded".into(), message },
-        Rollout::Missing | Rollout::InProgress(_) => match status::pod_problem(pods) {
-            Some((reason, message)) => Health::Failed { reason, message },
-            None => Health::Progressing,
-        },
-    }
-}
+use crate::health::Health;
 
 /// What the stable Deployment should run.
 #[derive(Clone, Debug, PartialEq)]

@@ -8,8 +8,8 @@ use modelship_crds::condition::{CANARY_READY, DEGRADED, PROGRESSING, READY, REGI
 use modelship_crds::{CanarySpec, MLModel, MLModelStatus, ModelSpec, RollbackStatus, TrafficStatus};
 
 use crate::desired;
+use crate::health::{Health, Rollout, pod_problem, rollout, truncate};
 use crate::registry::REGISTRY_UNAVAILABLE;
-use crate::rollback::Health;
 
 /// A problem with the model source that stops us from rolling out the current spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,124 +59,6 @@ impl SourceProblem {
             Self::Registry { message, .. } => format!("{field}: {message}"),
         }
     }
-}
-
-/// Where the Deployment's rollout stands, by kubectl's `rollout status` rule.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Rollout {
-    /// Not created yet.
-    Missing,
-    InProgress(String),
-    DeadlineExceeded(String),
-    Complete,
-}
-
-/// kubectl's rule (rollout_status.go), applied to the live Deployment.
-pub fn rollout(d: Option<&Deployment>) -> Rollout {
-    let Some(d) = d else { return Rollout::Missing };
-    let st = d.status.clone().unwrap_or_default();
-    if d.metadata.generation.unwrap_or(0) > st.observed_generation.unwrap_or(0) {
-        return Rollout::InProgress("waiting for the Deployment controller to observe the new spec".into());
-    }
-    let conds = st.conditions.unwrap_or_default();
-    if let Some(c) = conds.iter().find(|c| c.type_ == "Progressing")
-        && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    {
-        let detail = c.message.clone().unwrap_or_default();
-        return Rollout::DeadlineExceeded(format!("rollout exceeded its progress deadline: {detail}"));
-    }
-    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let updated = st.updated_replicas.unwrap_or(0);
-    let replicas = st.replicas.unwrap_or(0);
-    let available = st.available_replicas.unwrap_or(0);
-    if updated < want {
-        return Rollout::InProgress(format!("{updated} of {want} replicas updated"));
-    }
-    if replicas > updated {
-        return Rollout::InProgress(format!("{} old replicas are pending termination", replicas - updated));
-    }
-    // kubectl calls a scale-down done once the ReplicaSet is resized; we wait for the pods to go,
-    // so a canary's share is really in place before Ready (and the split in status is real).
-    if replicas > want {
-        return Rollout::InProgress(format!("{} surplus replicas are being removed", replicas - want));
-    }
-    if available < updated {
-        return Rollout::InProgress(format!("{available} of {updated} updated replicas are available"));
-    }
-    Rollout::Complete
-}
-
-/// Waiting reasons that mean a pod will not come up by itself (kubectl's list).
-const BAD_WAITING: &[&str] =
-    &["CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "CreateContainerError"];
-
-/// The marker `modelship-server` prints when the model fails to load (see server `main.rs`).
-const LOAD_FAILED: &str = "model failed to load";
-
-/// Longest condition message we write.
-const MAX_MESSAGE: usize = 1024;
-
-/// A reason and message for pods that cannot become ready, if any. The message never names a
-/// pod, so it stays stable across reconciles while the problem lasts.
-pub fn pod_problem(pods: &[Pod]) -> Option<(String, String)> {
-    let mut found: Option<(String, String)> = None;
-    let mut count = 0;
-    for pod in pods {
-        let st = pod.status.clone().unwrap_or_default();
-        let all =
-            st.init_container_statuses.unwrap_or_default().into_iter().chain(st.container_statuses.unwrap_or_default());
-        for cs in all {
-            let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.clone());
-            let terminated = cs
-                .last_state
-                .as_ref()
-                .and_then(|s| s.terminated.as_ref())
-                .or(cs.state.as_ref().and_then(|s| s.terminated.as_ref()));
-            let term_msg = terminated.and_then(|t| t.message.clone()).unwrap_or_default();
-            let load_failed = term_msg.lines().find(|l| l.contains(LOAD_FAILED)).map(str::to_string);
-            let oom = terminated.and_then(|t| t.reason.as_deref()) == Some("OOMKilled");
-            let problem = match (waiting.as_deref(), load_failed) {
-                (_, Some(line)) => Some(("ModelLoadFailed".to_string(), line.trim().to_string())),
-                (Some(w), None) if BAD_WAITING.contains(&w) => {
-                    let detail = if oom {
-                        "the container was OOMKilled; raise spec.server.resources.limits.memory".to_string()
-                    } else {
-                        cs.state
-                            .as_ref()
-                            .and_then(|s| s.waiting.as_ref())
-                            .and_then(|w| w.message.clone())
-                            .unwrap_or_default()
-                    };
-                    Some((w.to_string(), detail))
-                }
-                _ => None,
-            };
-            if let Some(p) = problem {
-                count += 1;
-                found.get_or_insert(p);
-            }
-        }
-    }
-    found.map(|(reason, detail)| {
-        let mut msg = format!("{count} server container(s) cannot start ({reason})");
-        if !detail.is_empty() {
-            msg.push_str(": ");
-            msg.push_str(&detail);
-        }
-        (reason, truncate(msg))
-    })
-}
-
-fn truncate(mut s: String) -> String {
-    if s.len() > MAX_MESSAGE {
-        let mut end = MAX_MESSAGE - 3;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push_str("...");
-    }
-    s
 }
 
 /// What reconcile observed this pass.

@@ -118,9 +118,14 @@ pub fn bounded_config(config: &kube::Config) -> kube::Config {
     config
 }
 
-/// The client for reconciles and Events: bounded (see [`bounded_config`]) and gated by `gate`.
-pub fn gated_client(config: &kube::Config, gate: &WriteGate) -> Result<kube::Client, kube::Error> {
-    Ok(kube::client::ClientBuilder::try_from(bounded_config(config))?.with_layer(gate).build())
+/// The client for reconciles and Events: bounded (see [`bounded_config`]) and gated by `gate`;
+/// the requests that pass the gate are counted by `count`.
+pub fn gated_client(
+    config: &kube::Config,
+    gate: &WriteGate,
+    count: &crate::api_requests::CountRequests,
+) -> Result<kube::Client, kube::Error> {
+    Ok(kube::client::ClientBuilder::try_from(bounded_config(config))?.with_layer(count).with_layer(gate).build())
 }
 
 #[cfg(test)]

@@ -8,12 +8,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{model, settings};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Resource;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use modelship_crds::MLModelStatus;
 use modelship_crds::condition::{DEGRADED, PROGRESSING, READY};
+use modelship_operator::caches::Caches;
 use modelship_operator::error::is_refusal;
 use modelship_operator::failures::{FORGET_AFTER, Failures};
 use modelship_operator::metrics::Metrics;
@@ -261,7 +264,7 @@ async fn a_service_someone_else_owns_is_never_patched_and_the_model_says_name_co
     let (ctx, handle) = mock_context();
     let mut m = model("configmap://iris-model/model.json");
     m.metadata.resource_version = Some("7".into());
-    let theirs = serde_json::json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+    let theirs = serde_json::json!({"apiVersion": "v1", "kind": "Service",
                                     "metadata": {"name": "iris", "namespace": "ml", "uid": "not-ours"}});
     let server = tokio::spawn(serve(handle, cluster(&m, Some(theirs), 200)));
     let reconciled = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(m), Arc::new(ctx))).await;
@@ -316,4 +319,86 @@ fn registry_polls_follow_poll_seconds_back_off_while_unanswered_and_never_for_pi
     for pinned in ["models:/iris/3", "runs:/0a1b2c/model"] {
         assert_eq!(next_registry_poll(&model(pinned), false, &mut failures, now), Duration::MAX, "{pinned}");
     }
+}
+
+/// One reconcile of `m` reading children from `caches`, against a stand-in API server that
+/// accepts every write (an applied child comes back live and rolled out); returns the requests
+/// it saw.
+async fn pass(m: &modelship_crds::MLModel, caches: Caches) -> Seen {
+    let (ctx, handle) = mock_context();
+    let ctx = Arc::new(ctx.with_caches(caches));
+    let stored = serde_json::to_value(m).unwrap();
+    let server = tokio::spawn(serve(handle, move |method, path, body| match method {
+        "GET" => (404, api_status(404, "NotFound")),
+        "PATCH" if path.ends_with("/status") => (200, stored.clone()),
+        "PATCH" => (200, as_live::<serde_json::Value>(body)),
+        _ => (200, body.clone()),
+    }));
+    tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(m.clone()), ctx)).await.unwrap().unwrap();
+    server.await.unwrap()
+}
+
+/// The body of the one PATCH to `path` in `seen`.
+fn body_of<'a>(seen: &'a Seen, path: &str) -> &'a serde_json::Value {
+    let mut bodies = seen.iter().filter(|(m, p, _)| m == "PATCH" && p == path);
+    let body = &bodies.next().unwrap_or_else(|| panic!("no PATCH of {path}: {seen:?}")).2;
+    assert!(bodies.next().is_none(), "two PATCHes of {path}");
+    body
+}
+
+/// What the API server holds after applying `body`: the fields it sets and defaults added.
+fn as_live<K: serde::de::DeserializeOwned>(body: &serde_json::Value) -> K {
+    let mut live = body.clone();
+    live["metadata"]["uid"] = serde_json::json!("child-uid");
+    live["metadata"]["resourceVersion"] = serde_json::json!("11");
+    live["metadata"]["generation"] = serde_json::json!(1);
+    if live["kind"] == "Deployment" {
+        live["spec"]["strategy"]["rollingUpdate"]["maxSurge"] = serde_json::json!("25%");
+        live["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] =
+            serde_json::json!("/dev/termination-log");
+        live["status"] = serde_json::json!({
+            "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
+            "conditions": [{"type": "Available", "status": "True"},
+                           {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}],
+        });
+    } else {
+        live["spec"]["clusterIP"] = serde_json::json!("10.96.0.10");
+        live["spec"]["ports"][0]["protocol"] = serde_json::json!("TCP");
+    }
+    serde_json::from_value(live).unwrap()
+}
+
+#[tokio::test]
+async fn a_reconcile_with_nothing_to_do_sends_no_request_and_a_hand_edit_is_reverted_by_one_apply() {
+    const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/ml/deployments/iris";
+    const SERVICE: &str = "/api/v1/namespaces/ml/services/iris";
+    const STATUS: &str = "/apis/modelship.dev/v1alpha1/namespaces/ml/mlmodels/iris/status";
+    let mut m = model("https://models.example.com/iris.json");
+    m.metadata.resource_version = Some("7".into());
+
+    // Nothing exists yet: the children are applied (each checked by a GET first: no cache has them).
+    let first = pass(&m, Caches::holding(vec![], vec![], vec![])).await;
+    let gets: Vec<&str> = first.iter().filter(|(m, _, _)| m == "GET").map(|(_, p, _)| p.as_str()).collect();
+    assert_eq!(gets, [DEPLOYMENT, SERVICE], "{first:?}");
+    let deployment: Deployment = as_live(body_of(&first, DEPLOYMENT));
+    let service: Service = as_live(body_of(&first, SERVICE));
+    assert!(
+        deployment.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(modelship_crds::labels::APPLIED)),
+        "the applied object carries the digest of our intent"
+    );
+    m.status = serde_json::from_value(body_of(&first, STATUS)["status"].clone()).unwrap();
+    assert!(status::is_ready(&m, m.status.as_ref().unwrap()), "{:?}", m.status);
+
+    // The children are live and cached, the status is written: not a single request.
+    let caches = || Caches::holding(vec![deployment.clone()], vec![service.clone()], vec![]);
+    let idle = pass(&m, caches()).await;
+    assert!(idle.is_empty(), "a reconcile with nothing to do sent {idle:?}");
+
+    // A hand edit of a field we set is reverted at once, by one apply of that object only.
+    let mut edited = deployment.clone();
+    edited.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].image = Some("someone/else:1".into());
+    let reverted = pass(&m, Caches::holding(vec![edited], vec![service.clone()], vec![])).await;
+    assert_eq!(patched(&reverted), [DEPLOYMENT], "{reverted:?}");
+    assert_eq!(reverted.len(), 1, "{reverted:?}");
+    assert_eq!(body_of(&reverted, DEPLOYMENT), body_of(&first, DEPLOYMENT), "the same intent is applied again");
 }

@@ -9,7 +9,8 @@ use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting, Containe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use modelship_crds::{ModelSpec, ModelUri, labels};
 use modelship_operator::desired::{self, ServerPods, SourceVersion};
-use modelship_operator::rollback::{self, Health, StableChoice};
+use modelship_operator::health::{self, Health};
+use modelship_operator::rollback::{self, StableChoice};
 
 fn live(m: &modelship_crds::MLModel, status: DeploymentStatus) -> Deployment {
     let uri = ModelUri::parse(&m.spec.model.uri).unwrap();
@@ -62,9 +63,9 @@ fn health_of_the_new_version() {
             ..Default::default()
         },
     );
-    assert_eq!(rollback::health(Some(&complete), &h, &[]), Health::Available);
-    assert_eq!(rollback::health(Some(&complete), "another-hash", &[]), Health::Progressing, "not on that template yet");
-    assert_eq!(rollback::health(None, &h, &[]), Health::Progressing);
+    assert_eq!(health::health(Some(&complete), &h, &[]), Health::Available);
+    assert_eq!(health::health(Some(&complete), "another-hash", &[]), Health::Progressing, "not on that template yet");
+    assert_eq!(health::health(None, &h, &[]), Health::Progressing);
 
     let rolling = live(
         &m,
@@ -75,10 +76,10 @@ fn health_of_the_new_version() {
             ..Default::default()
         },
     );
-    assert_eq!(rollback::health(Some(&rolling), &h, &[pod("stable", &h, None)]), Health::Progressing);
+    assert_eq!(health::health(Some(&rolling), &h, &[pod("stable", &h, None)]), Health::Progressing);
     let crashing = [pod("stable", &h, Some("CrashLoopBackOff"))];
     assert!(
-        matches!(rollback::health(Some(&rolling), &h, &crashing), Health::Failed { reason, .. } if reason == "CrashLoopBackOff")
+        matches!(health::health(Some(&rolling), &h, &crashing), Health::Failed { reason, .. } if reason == "CrashLoopBackOff")
     );
 
     let deadline = live(
@@ -97,16 +98,16 @@ fn health_of_the_new_version() {
         },
     );
     assert!(
-        matches!(rollback::health(Some(&deadline), &h, &[]), Health::Failed { reason, .. } if reason == "ProgressDeadlineExceeded")
+        matches!(health::health(Some(&deadline), &h, &[]), Health::Failed { reason, .. } if reason == "ProgressDeadlineExceeded")
     );
 }
 
 #[test]
 fn pods_are_matched_by_track_and_template() {
     let pods = [pod("stable", "a", None), pod("stable", "b", None), pod("canary", "a", None)];
-    assert_eq!(rollback::pods_of(&pods, "stable", "a").len(), 1);
-    assert_eq!(rollback::pods_of(&pods, "canary", "a").len(), 1);
-    assert_eq!(rollback::pods_of(&pods, "canary", "b").len(), 0);
+    assert_eq!(health::pods_of(&pods, "stable", "a").len(), 1);
+    assert_eq!(health::pods_of(&pods, "canary", "a").len(), 1);
+    assert_eq!(health::pods_of(&pods, "canary", "b").len(), 0);
 }
 
 #[test]

@@ -241,7 +241,7 @@ fn ready_needs_the_current_generation() {
 mod canary_and_rollback {
     use modelship_crds::condition::CANARY_READY;
     use modelship_crds::{CanarySpec, MLModel, ModelSpec, RollbackStatus, TrafficStatus};
-    use modelship_operator::rollback::Health;
+    use modelship_operator::health::Health;
     use modelship_operator::status::CanaryObserved;
 
     use super::*;

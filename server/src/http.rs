@@ -3,23 +3,22 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Extension, FromRequest, MatchedPath, Path, Query, Request, State};
+use axum::extract::{Extension, FromRequest, Path, Query, Request, State};
 use axum::handler::Handler;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 use crate::features::{Budget, rows_from_object};
-use crate::metrics::{HttpLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::model::{Model, Predictions, Shown};
 
 /// Response header naming the model that served a prediction.
@@ -58,34 +57,33 @@ impl Default for Limits {
 /// row is ~100 bytes) stay inline: a thread hop would cost more than the work.
 const OFFLOAD_BODY_BYTES: usize = 32 * 1024;
 
-/// Every route template, so metrics label requests with a `&'static str`.
-const ROUTES: &[&str] = &[
-    "/predict",
-    "/v1/models/{name}",
-    "/v2",
-    "/v2/health/live",
-    "/v2/health/ready",
-    "/v2/models/{name}",
-    "/v2/models/{name}/versions/{version}",
-    "/v2/models/{name}/ready",
-    "/v2/models/{name}/versions/{version}/ready",
-    "/v2/models/{name}/infer",
-    "/v2/models/{name}/versions/{version}/infer",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-];
-
-/// The route's index in [`ROUTES`] (`ROUTES.len()` for an unmatched path) and its label.
-fn route_label(path: Option<&MatchedPath>) -> (usize, &'static str) {
-    path.and_then(|p| ROUTES.iter().position(|r| *r == p.as_str()))
-        .map_or((ROUTES.len(), "unmatched"), |i| (i, ROUTES[i]))
+/// One route: its path template and its handlers. Each route is declared once, in a table ([`ROUTES`]
+/// here, `v2::ROUTES`); the router and the request metrics' route labels are both built from the
+/// tables (see `router`).
+pub struct Route {
+    pub path: &'static str,
+    pub handlers: fn(&Arc<AppState>) -> MethodRouter<Arc<AppState>>,
 }
 
-/// Methods we label by name; anything else is `other`.
-const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"];
+/// The classic and KServe V1 routes, health and metrics.
+pub(crate) const ROUTES: &[Route] = &[
+    Route { path: "/predict", handlers: |s| post(predict.layer(middleware::from_fn_with_state(s.clone(), admit))) },
+    Route {
+        path: "/v1/models/{name}",
+        handlers: |s| get(v1_model).post(v1_predict.layer(middleware::from_fn_with_state(s.clone(), admit))),
+    },
+    Route { path: "/healthz", handlers: |_| get(|| async { axum::Json(serde_json::json!({"status": "live"})) }) },
+    Route { path: "/readyz", handlers: |_| get(readyz) },
+    Route { path: "/metrics", handlers: |_| get(metrics) },
+];
 
-fn method_label(m: &axum::http::Method) -> (usize, &'static str) {
+/// Most routes the request metrics keep a slot for (a test checks the tables fit).
+pub const MAX_ROUTES: usize = 32;
+
+/// Methods we label by name; anything else is `other`.
+pub(crate) const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"];
+
+pub(crate) fn method_label(m: &axum::http::Method) -> (usize, &'static str) {
     METHODS.iter().position(|x| *x == m.as_str()).map_or((METHODS.len(), "other"), |i| (i, METHODS[i]))
 }
 
@@ -111,7 +109,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(limits: Limits) -> Arc<Self> {
-        let metrics = Metrics::new((ROUTES.len() + 1) * (METHODS.len() + 1));
+        let metrics = Metrics::new((MAX_ROUTES + 1) * (METHODS.len() + 1));
         let admission = Arc::new(Semaphore::new(limits.max_concurrent_requests));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let heavy = Arc::new(Semaphore::new(cores.saturating_sub(1).max(1)));
@@ -230,40 +228,6 @@ where
     })
     .await
     .map_err(|_| ApiError::Internal)?
-}
-
-/// The router, with every route, limit and the metrics layer.
-pub fn app(state: Arc<AppState>) -> Router {
-    let limit = state.limits.max_body_bytes;
-    Router::new()
-        .route("/predict", post(predict.layer(middleware::from_fn_with_state(state.clone(), admit))))
-        .route(
-            "/v1/models/{name}",
-            get(v1_model).post(v1_predict.layer(middleware::from_fn_with_state(state.clone(), admit))),
-        )
-        .merge(crate::v2::routes(&state))
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "live"})) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .fallback(|req: Request| async move { ApiError::NoRoute(req.uri().path().to_string()) })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(state.clone(), track))
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
-}
-
-/// Counts and times every request by route template, method and status.
-async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let (route, endpoint) = route_label(req.extensions().get::<MatchedPath>());
-    let (method_index, method) = method_label(req.method());
-    let start = Instant::now();
-    state.metrics.in_flight.inc();
-    let resp = next.run(req).await;
-    state.metrics.in_flight.dec();
-    let labels = HttpLabels { endpoint, method, status: resp.status().as_u16() };
-    let slot = route * (METHODS.len() + 1) + method_index;
-    state.metrics.observe_request(slot, &labels, start.elapsed().as_secs_f64());
-    resp
 }
 
 /// The body bytes, with an oversized body reported as a JSON 413.

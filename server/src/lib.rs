@@ -1,6 +1,6 @@
 //! The Modelship inference server as a library: artifacts, training, loading, and the HTTP API.
 //!
-//! `main.rs` only parses flags and calls into here; the router is [`http::app`], tested with
+//! `main.rs` only parses flags and calls into here; the router is [`router::app`], tested with
 //! `tower::ServiceExt::oneshot` without a socket.
 
 pub mod artifact;
@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod mlflow;
 pub mod model;
 pub mod onnx;
+pub mod router;
 pub mod serve;
 pub mod sklearn;
 pub mod train;

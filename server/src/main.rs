@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use modelship_server::http::{AppState, Limits, app};
+use modelship_server::http::{AppState, Limits};
+use modelship_server::router::app;
 use modelship_server::serve::{ConnectionLimits, serve};
 use modelship_server::sklearn::format::DeclaredFormat;
 use modelship_server::{Model, batch, load, mlflow, train};

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{Extension, Path, Request, State};
 use axum::handler::Handler;
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -15,7 +14,7 @@ use serde_json::{Value, json};
 use crate::artifact::Estimator;
 use crate::error::ApiError;
 use crate::features::{Budget, Rows};
-use crate::http::{Admission, AppState, admit, json_from_model, offload, read_body};
+use crate::http::{Admission, AppState, Route, admit, json_from_model, offload, read_body};
 use crate::infer_request::{self, InputTensor};
 use crate::model::{Model, Predictions};
 use crate::sklearn::Label;
@@ -25,19 +24,24 @@ const PREDICT: &str = "predict";
 /// Output tensor of class probabilities (classifiers only, on request).
 const PREDICT_PROBA: &str = "predict_proba";
 
-pub(crate) fn routes(state: &Arc<AppState>) -> Router<Arc<AppState>> {
-    let admitted = || middleware::from_fn_with_state(state.clone(), admit);
-    Router::new()
-        .route("/v2", get(server_metadata))
-        .route("/v2/health/live", get(|| async { axum::Json(json!({"live": true})) }))
-        .route("/v2/health/ready", get(server_ready))
-        .route("/v2/models/{name}", get(model_metadata))
-        .route("/v2/models/{name}/versions/{version}", get(model_metadata_versioned))
-        .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/versions/{version}/ready", get(model_ready_versioned))
-        .route("/v2/models/{name}/infer", post(infer.layer(admitted())))
-        .route("/v2/models/{name}/versions/{version}/infer", post(infer_versioned.layer(admitted())))
-}
+/// The V2 routes (see `http::Route`).
+pub(crate) const ROUTES: &[Route] = &[
+    Route { path: "/v2", handlers: |_| get(server_metadata) },
+    Route { path: "/v2/health/live", handlers: |_| get(|| async { axum::Json(json!({"live": true})) }) },
+    Route { path: "/v2/health/ready", handlers: |_| get(server_ready) },
+    Route { path: "/v2/models/{name}", handlers: |_| get(model_metadata) },
+    Route { path: "/v2/models/{name}/versions/{version}", handlers: |_| get(model_metadata_versioned) },
+    Route { path: "/v2/models/{name}/ready", handlers: |_| get(model_ready) },
+    Route { path: "/v2/models/{name}/versions/{version}/ready", handlers: |_| get(model_ready_versioned) },
+    Route {
+        path: "/v2/models/{name}/infer",
+        handlers: |s| post(infer.layer(middleware::from_fn_with_state(s.clone(), admit))),
+    },
+    Route {
+        path: "/v2/models/{name}/versions/{version}/infer",
+        handlers: |s| post(infer_versioned.layer(middleware::from_fn_with_state(s.clone(), admit))),
+    },
+];
 
 async fn server_metadata() -> axum::Json<Value> {
     axum::Json(json!({"name": "modelship-server", "version": env!("CARGO_PKG_VERSION"), "extensions": []}))

@@ -324,7 +324,7 @@ async fn post(
         req = req.header("inference-header-content-length", n);
     }
     let req = req.body(axum::body::Body::from(body)).expect("request");
-    let resp = modelship_server::http::app(state.clone()).oneshot(req).await.expect("response");
+    let resp = modelship_server::router::app(state.clone()).oneshot(req).await.expect("response");
     let status = resp.status().as_u16();
     let body = http_body_util::BodyExt::collect(resp.into_body()).await.expect("body").to_bytes();
     (status, serde_json::from_slice(&body).expect("JSON body"))

@@ -127,6 +127,38 @@ where
     }
 }
 
+/// The sending half of [`started`]: a watching task calls [`StartedTx::done`] once its watch has
+/// delivered the current state.
+pub struct StartedTx(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl StartedTx {
+    pub fn done(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Waits (with a deadline) until a spawned watch has delivered the current state, so a change the
+/// test makes afterwards is seen as a change, not as the initial listing.
+pub struct Started(tokio::sync::oneshot::Receiver<()>);
+
+impl Started {
+    pub async fn wait(self, what: &str) {
+        match tokio::time::timeout(Duration::from_secs(30), self.0).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => panic!("{what}: the watch ended before it delivered the current state"),
+            Err(_) => panic!("{what}: the watch delivered nothing within 30 s"),
+        }
+    }
+}
+
+/// A pair for a test to learn that a watch it spawned has started (see [`Started`]).
+pub fn started() -> (StartedTx, Started) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    (StartedTx(Some(tx)), Started(rx))
+}
+
 /// Merge-patches an MLModel with real kubectl, as a user would.
 pub fn patch_mlmodel(ns: &str, name: &str, patch: &str) {
     kubectl(&["patch", "mlmodel", name, "-n", ns, "--type", "merge", "-p", patch]).expect("kubectl patch mlmodel");
@@ -336,7 +368,9 @@ impl Operator {
         let metrics_port = free_port();
         let log = std::env::temp_dir().join(format!("modelship-operator-{}-{}.log", opts.identity, metrics_port));
         let file = std::fs::File::create(&log).expect("operator log file");
-        let mut cmd = Command::new(binary("modelship-operator"));
+        // MODELSHIP_OPERATOR_BIN: another build, e.g. the release binary for tests/scale.
+        let bin = std::env::var_os("MODELSHIP_OPERATOR_BIN").map(PathBuf::from);
+        let mut cmd = Command::new(bin.unwrap_or_else(|| binary("modelship-operator")));
         if let Some(kubeconfig) = &opts.kubeconfig {
             cmd.env("KUBECONFIG", kubeconfig);
         }
@@ -382,6 +416,37 @@ impl Operator {
             .find(|(s, _)| *s == series)
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// `modelship_operator_api_requests_total`: requests sent, as (verb, resource, count).
+    pub async fn api_requests(&self) -> Vec<(String, String, f64)> {
+        let text = self.metrics().await.unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("modelship_operator_api_requests_total{"))
+            .filter_map(|l| {
+                let (labels, value) = l.rsplit_once("} ")?;
+                let label = |k: &str| {
+                    labels.split(',').find_map(|p| p.strip_prefix(&format!("{k}=\"")).map(|v| v.trim_end_matches('"')))
+                };
+                Some((label("verb")?.to_string(), label("resource")?.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Write requests sent (create, update, patch, delete), leader Lease renewals left out.
+    pub async fn writes_sent(&self) -> f64 {
+        let writes = ["create", "update", "patch", "delete", "deletecollection"];
+        self.api_requests()
+            .await
+            .iter()
+            .filter(|(verb, resource, _)| writes.contains(&verb.as_str()) && resource != "leases")
+            .map(|(_, _, n)| n)
+            .sum()
+    }
+
+    /// The process id of the test's own operator.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|(c, _)| c.id())
     }
 
     /// Sends SIGTERM and waits for exit; returns whether it exited successfully. The external

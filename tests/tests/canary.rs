@@ -252,7 +252,8 @@ async fn a_crash_looping_stable_version_is_rolled_back_to_the_last_good_one() {
 
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
     let min_available = AvailableWatch::start(&deployments, &["iris"]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the watch to list the Deployment", T, || async { (!min_available.sums().is_empty()).then_some(()) })
+        .await;
     patch_mlmodel(&ns.name, "iris", &json!({"spec": {"model": failing_model(Fault::CrashLoop)}}).to_string());
     let m = condition(&models, "Degraded", "True", "RolledBack").await;
     let st = m.status.unwrap();
@@ -379,7 +380,7 @@ async fn promotion_by_a_spec_edit_never_drops_ready_pods_below_desired() {
     .await;
     let d = deployments.get("iris").await.unwrap();
     assert_eq!(replicas(&d), (4, 4));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for("the watch to see the canary gone", T, || async { (watch.sums().last() == Some(&4)).then_some(()) }).await;
     let sums = watch.sums();
     assert!(sums.len() >= 3, "the watch saw the rollout: {sums:?}");
     assert!(watch.min() >= 4, "ready pods dropped below the desired 4 during promotion: {sums:?}");

@@ -87,6 +87,8 @@ const MODEL_GRANTS: &[&str] = &[
     "gateway.networking.k8s.io/httproutes:patch",
     "gateway.networking.k8s.io/httproutes:delete",
     "autoscaling/horizontalpodautoscalers:get",
+    "autoscaling/horizontalpodautoscalers:list",
+    "autoscaling/horizontalpodautoscalers:watch",
     "autoscaling/horizontalpodautoscalers:create",
     "autoscaling/horizontalpodautoscalers:patch",
     "autoscaling/horizontalpodautoscalers:delete",
@@ -95,6 +97,7 @@ const MODEL_GRANTS: &[&str] = &[
     "/configmaps:watch",
     "/persistentvolumeclaims:get",
     "/pods:list",
+    "/pods:watch",
     "events.k8s.io/events:create",
     "events.k8s.io/events:patch",
 ];
@@ -116,6 +119,8 @@ fn the_values_schema_rejects_bad_values_naming_the_field() {
         ("serviceMonitor.interval=often", "/serviceMonitor/interval"),
         ("allowedImagePrefixes=ghcr.io/", "/allowedImagePrefixes"),
         ("allowedImagePrefixes={a b}", "/allowedImagePrefixes/0"),
+        ("reconcile.maxConcurrent=0", "/reconcile/maxConcurrent"),
+        ("reconcile.resyncSeconds=0", "/reconcile/resyncSeconds"),
     ] {
         let err = helm(&["template", "x", &chart, "--set", set]).expect_err(set).to_string();
         assert!(err.contains(field), "--set {set}: error does not name {field}: {err}");
@@ -134,6 +139,29 @@ fn the_values_schema_rejects_bad_values_naming_the_field() {
     // Two replicas with leader election is the supported HA setup.
     let docs = render(&["replicaCount=2"]);
     assert_eq!(find(&docs, "Deployment", "modelship")["spec"]["replicas"], 2);
+}
+
+/// `reconcile.*` become the operator's flags, named as its own `--help` names them.
+#[test]
+fn the_reconcile_values_reach_the_operator_as_its_flags() {
+    let args = |set: &[&str]| -> Vec<String> {
+        let docs = render(set);
+        let args = &find(&docs, "Deployment", "modelship")["spec"]["template"]["spec"]["containers"][0]["args"];
+        args.as_array().unwrap().iter().filter_map(Value::as_str).map(String::from).collect()
+    };
+    let flags = ["--max-concurrent-reconciles", "--debounce-ms", "--resync-seconds"];
+    let set = args(&["reconcile.maxConcurrent=4", "reconcile.debounceMs=50", "reconcile.resyncSeconds=30"]);
+    for (flag, value) in flags.iter().zip(["4", "50", "30"]) {
+        assert!(set.contains(&format!("{flag}={value}")), "{flag}={value} missing: {set:?}");
+    }
+    let defaults = args(&[]);
+    for (flag, value) in flags.iter().zip(["16", "200", "300"]) {
+        assert!(defaults.contains(&format!("{flag}={value}")), "{flag}={value} missing: {defaults:?}");
+    }
+    let help = run(&modelship_tests::binary("modelship-operator"), &["--help"], None).unwrap();
+    for flag in flags {
+        assert!(help.contains(flag), "the operator has no {flag}: {help}");
+    }
 }
 
 /// `mlflow.trackingURI` becomes the operator's flag and `mlflow.credentialsSecret` its optional

@@ -168,13 +168,17 @@ async fn iris_becomes_ready_and_a_noop_reconcile_writes_nothing() {
     );
     let writes = op.metric("modelship_operator_status_writes_total").await;
     let reconciles = op.metric("modelship_operator_reconciles_total").await;
+    let sent = op.writes_sent().await;
+    // Finished reconciles: the duration histogram counts a reconcile when it ends.
+    let finished = || async { op.metric("modelship_operator_reconcile_duration_seconds_count").await };
+    let before_poke = finished().await;
     kubectl(&["annotate", "-n", &ns.name, "mlmodel", "iris", "example.com/poke=1"]).unwrap();
     let poked = rv(models.get("iris").await.unwrap().resource_version());
-    wait_for("a reconcile after the annotation", T, || async {
-        (op.metric("modelship_operator_reconciles_total").await > reconciles).then_some(())
+    wait_for("a reconcile after the annotation, finished", T, || async {
+        (op.metric("modelship_operator_reconciles_total").await > reconciles && finished().await > before_poke)
+            .then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let after = (
         rv(deployments.get("iris").await.unwrap().resource_version()),
         rv(services.get("iris").await.unwrap().resource_version()),
@@ -184,6 +188,7 @@ async fn iris_becomes_ready_and_a_noop_reconcile_writes_nothing() {
     // A shared operator's counter also counts other models' writes; our own process's is exact.
     if op.is_own() {
         assert_eq!(op.metric("modelship_operator_status_writes_total").await, writes, "a no-op reconcile wrote status");
+        assert_eq!(op.writes_sent().await, sent, "a no-op reconcile sent a write request (an apply of no change)");
     }
 }
 
@@ -196,10 +201,12 @@ async fn a_spec_change_rolls_out_and_ready_goes_false_then_true() {
 
     let stream =
         watcher::watcher(models.clone(), watcher::Config::default().fields("metadata.name=iris")).applied_objects();
+    let (mut listed, watching) = modelship_tests::started();
     let seen = tokio::spawn(async move {
         let mut seen = Vec::new();
         let mut stream = std::pin::pin!(stream);
         while let Ok(Some(m)) = stream.try_next().await {
+            listed.done();
             let st = m.status.clone().unwrap_or_default();
             let ready = st.condition("Ready").map(|c| c.status.clone()).unwrap_or_default();
             seen.push((st.observed_generation.unwrap_or(0), ready.clone()));
@@ -209,7 +216,7 @@ async fn a_spec_change_rolls_out_and_ready_goes_false_then_true() {
         }
         seen
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    watching.wait("the MLModel watch").await;
     patch_mlmodel(&ns.name, "iris", r#"{"spec":{"model":{"version":"v2"}}}"#);
     let seen = tokio::time::timeout(T, seen).await.expect("rollout finished").unwrap();
     let new_gen: Vec<&String> = seen.iter().filter(|(g, _)| *g == generation + 1).map(|(_, r)| r).collect();
@@ -451,7 +458,7 @@ async fn the_operator_restarted_mid_rollout_converges() {
     let opts = OperatorOptions::for_namespace(&ns.name);
     let op = Operator::start(&opts);
     let (models, m) = iris(&c, &ns).await;
-    patch_mlmodel(&ns.name, "iris", r#"{"spec":{"model":{"version":"v9"}},"replicas":2}"#);
+    patch_mlmodel(&ns.name, "iris", r#"{"spec":{"model":{"version":"v9"},"replicas":2}}"#);
     op.kill();
     // A crash leaves the Lease held: the new process (another identity) waits for it to expire.
     let mut restarted = opts.clone();
@@ -466,6 +473,8 @@ async fn the_operator_restarted_mid_rollout_converges() {
     let args =
         deployments.get("iris").await.unwrap().spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap();
     assert!(args.windows(2).any(|w| w[0] == "--model-version" && w[1] == "v9"), "{args:?}");
+    assert_eq!(deployments.get("iris").await.unwrap().spec.unwrap().replicas, Some(2), "the replicas of the patch");
+    assert_eq!(live.spec.replicas, 2);
 }
 
 #[tokio::test]

@@ -129,8 +129,8 @@ async fn pinned_and_aliased_mlflow_models_roll_out_and_survive_an_outage() {
     wait_ready(&models, "champion", Some("1"), Duration::from_secs(90)).await;
     // Watched from before the move: once status shows version 2 resolved, Ready is False until
     // version 2's rollout is complete, then True.
-    let seen = ready_while_resolving(&models, "champion", "2");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (watching, seen) = ready_while_resolving(&models, "champion", "2");
+    watching.wait("the MLModel watch").await;
     mlflow.set_alias("iris", "champion", 2);
     let moved = Instant::now();
     let seen = tokio::time::timeout(Duration::from_secs(60), seen).await.expect("rolled out within 60 s").unwrap();
@@ -191,18 +191,19 @@ async fn pinned_and_aliased_mlflow_models_roll_out_and_survive_an_outage() {
 
 /// Records `(Ready status, modelVersion)` of model `name` from the first status that shows
 /// `version` resolved until it is Ready on that version.
-fn ready_while_resolving(
-    models: &Api<MLModel>,
-    name: &str,
-    version: &str,
-) -> tokio::task::JoinHandle<Vec<(String, Option<String>)>> {
+/// What [`ready_while_resolving`] saw: Ready's status and the served version, in order.
+type Seen = tokio::task::JoinHandle<Vec<(String, Option<String>)>>;
+
+fn ready_while_resolving(models: &Api<MLModel>, name: &str, version: &str) -> (modelship_tests::Started, Seen) {
     let stream = watcher::watcher(models.clone(), watcher::Config::default().fields(&format!("metadata.name={name}")))
         .applied_objects();
     let version = version.to_string();
-    tokio::spawn(async move {
+    let (mut listed, watching) = modelship_tests::started();
+    let task = tokio::spawn(async move {
         let mut seen = Vec::new();
         let mut stream = std::pin::pin!(stream);
         while let Ok(Some(m)) = stream.try_next().await {
+            listed.done();
             let st = m.status.clone().unwrap_or_default();
             if st.model.as_ref().and_then(|r| r.resolved_version.as_deref()) != Some(version.as_str()) {
                 continue;
@@ -215,7 +216,8 @@ fn ready_while_resolving(
             }
         }
         seen
-    })
+    });
+    (watching, task)
 }
 
 #[tokio::test]
