@@ -502,3 +502,94 @@ pub mod condition {
     /// False with reason `RegistryUnavailable` while the running version keeps serving.
     pub const REGISTRY: &str = "RegistryAvailable";
 }
+
+/// Condition reasons the operator writes (Kubernetes' own pod reasons, such as
+/// `CrashLoopBackOff`, are passed through as they are). Tests and the ArgoCD health check's
+/// fixtures name reasons through these.
+pub mod reason {
+    /// The Deployment is rolling out the current spec.
+    pub const ROLLOUT_IN_PROGRESS: &str = "RolloutInProgress";
+    /// The current spec is fully rolled out.
+    pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
+    /// The rollout passed `spec.rollout.progressDeadlineSeconds`.
+    pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+    /// `spec.model` failed; the last good model serves.
+    pub const ROLLED_BACK: &str = "RolledBack";
+    /// The canary failed and is scaled to zero.
+    pub const CANARY_ROLLED_BACK: &str = "CanaryRolledBack";
+    /// The canary is rolling out.
+    pub const CANARY_ROLLOUT_IN_PROGRESS: &str = "CanaryRolloutInProgress";
+    /// The server Deployment is being created.
+    pub const CREATING: &str = "Creating";
+    /// The spec cannot be applied until the problem named in Degraded is fixed.
+    pub const BLOCKED: &str = "Blocked";
+    /// `spec.replicas` is 0.
+    pub const SCALED_TO_ZERO: &str = "ScaledToZero";
+    /// Every requested replica serves.
+    pub const AVAILABLE: &str = "Available";
+    /// No problem (Degraded False).
+    pub const AS_EXPECTED: &str = "AsExpected";
+    /// The tracking server answered (RegistryAvailable True).
+    pub const RESOLVED: &str = "Resolved";
+    /// The tracking server does not answer; the running version keeps serving.
+    pub const REGISTRY_UNAVAILABLE: &str = "RegistryUnavailable";
+    /// `spec.traffic.gateway` is set but the cluster does not serve HTTPRoute.
+    pub const GATEWAY_API_UNAVAILABLE: &str = "GatewayAPIUnavailable";
+    /// The server could not load the model.
+    pub const MODEL_LOAD_FAILED: &str = "ModelLoadFailed";
+    /// A child's name is taken by an object the MLModel does not control.
+    pub const NAME_CONFLICT: &str = "NameConflict";
+    /// The API server refused a child built from the spec.
+    pub const INVALID_CHILD: &str = "InvalidChild";
+    /// The spec has a value the API server's schema cannot catch.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The server image is outside `--allowed-image-prefixes`.
+    pub const IMAGE_NOT_ALLOWED: &str = "ImageNotAllowed";
+    /// The ConfigMap of a `configmap://` URI does not exist.
+    pub const CONFIGMAP_NOT_FOUND: &str = "ConfigMapNotFound";
+    /// The ConfigMap has no such key.
+    pub const CONFIGMAP_KEY_NOT_FOUND: &str = "ConfigMapKeyNotFound";
+    /// The claim of a `pvc://` URI does not exist.
+    pub const PVC_NOT_FOUND: &str = "PersistentVolumeClaimNotFound";
+    /// `spec.model.uri` cannot be parsed.
+    pub const INVALID_MODEL_REFERENCE: &str = "InvalidModelReference";
+    /// MLflow has no such model, version, alias or run.
+    pub const REGISTRY_MODEL_NOT_FOUND: &str = "RegistryModelNotFound";
+    /// The MLflow model has no flavor the server reads.
+    pub const REGISTRY_MODEL_UNSUPPORTED: &str = "RegistryModelUnsupported";
+    /// The tracking server refused the credentials (401/403).
+    pub const REGISTRY_CREDENTIALS_REFUSED: &str = "RegistryCredentialsRefused";
+    /// A `models:/` or `runs:/` URI with no tracking server configured.
+    pub const REGISTRY_NOT_CONFIGURED: &str = "RegistryNotConfigured";
+
+    /// Every reason above.
+    pub const ALL: &[&str] = &[
+        ROLLOUT_IN_PROGRESS,
+        ROLLOUT_COMPLETE,
+        PROGRESS_DEADLINE_EXCEEDED,
+        ROLLED_BACK,
+        CANARY_ROLLED_BACK,
+        CANARY_ROLLOUT_IN_PROGRESS,
+        CREATING,
+        BLOCKED,
+        SCALED_TO_ZERO,
+        AVAILABLE,
+        AS_EXPECTED,
+        RESOLVED,
+        REGISTRY_UNAVAILABLE,
+        GATEWAY_API_UNAVAILABLE,
+        MODEL_LOAD_FAILED,
+        NAME_CONFLICT,
+        INVALID_CHILD,
+        INVALID_SPEC,
+        IMAGE_NOT_ALLOWED,
+        CONFIGMAP_NOT_FOUND,
+        CONFIGMAP_KEY_NOT_FOUND,
+        PVC_NOT_FOUND,
+        INVALID_MODEL_REFERENCE,
+        REGISTRY_MODEL_NOT_FOUND,
+        REGISTRY_MODEL_UNSUPPORTED,
+        REGISTRY_CREDENTIALS_REFUSED,
+        REGISTRY_NOT_CONFIGURED,
+    ];
+}

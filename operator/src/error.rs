@@ -1,5 +1,7 @@
 //! The operator's error type; each variant has a stable, low-cardinality metric label.
 
+use modelship_crds::reason;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{action}: {source}")]
@@ -56,10 +58,10 @@ impl Error {
     /// alone cannot fix: it is reported as `Degraded` with this reason rather than retried fast.
     pub fn blocking_reason(&self) -> Option<&'static str> {
         match self {
-            Self::NameConflict { .. } => Some("NameConflict"),
-            Self::Rejected { .. } => Some("InvalidChild"),
-            Self::InvalidSpec { .. } => Some("InvalidSpec"),
-            Self::ImageNotAllowed { .. } => Some("ImageNotAllowed"),
+            Self::NameConflict { .. } => Some(reason::NAME_CONFLICT),
+            Self::Rejected { .. } => Some(reason::INVALID_CHILD),
+            Self::InvalidSpec { .. } => Some(reason::INVALID_SPEC),
+            Self::ImageNotAllowed { .. } => Some(reason::IMAGE_NOT_ALLOWED),
             Self::Kube { .. } | Self::MissingNamespace | Self::Serialize { .. } => None,
         }
     }

@@ -5,6 +5,7 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use modelship_crds::labels;
+use modelship_crds::reason;
 
 /// How one track's current rollout is going.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,7 +38,9 @@ pub fn health(live: Option<&Deployment>, hash: &str, pods: &[Pod]) -> Health {
     };
     match rollout(Some(d)) {
         Rollout::Complete => Health::Available,
-        Rollout::DeadlineExceeded(message) => Health::Failed { reason: "ProgressDeadlineExceeded".into(), message },
+        Rollout::DeadlineExceeded(message) => {
+            Health::Failed { reason: reason::PROGRESS_DEADLINE_EXCEEDED.into(), message }
+        }
         Rollout::Missing | Rollout::InProgress(_) => match pod_problem(pods) {
             Some((reason, message)) => Health::Failed { reason, message },
             None => Health::Progressing,
@@ -120,7 +123,7 @@ pub fn pod_problem(pods: &[Pod]) -> Option<(String, String)> {
             let load_failed = term_msg.lines().find(|l| l.contains(LOAD_FAILED)).map(str::to_string);
             let oom = terminated.and_then(|t| t.reason.as_deref()) == Some("OOMKilled");
             let problem = match (waiting.as_deref(), load_failed) {
-                (_, Some(line)) => Some(("ModelLoadFailed".to_string(), line.trim().to_string())),
+                (_, Some(line)) => Some((reason::MODEL_LOAD_FAILED.to_string(), line.trim().to_string())),
                 (Some(w), None) if BAD_WAITING.contains(&w) => {
                     let detail = if oom {
                         "the container was OOMKilled; raise spec.server.resources.limits.memory".to_string()

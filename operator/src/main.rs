@@ -158,11 +158,14 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     // Every replica, leader or standby, keeps the caches: a standby takes over warm.
     let (caches, watches) = Caches::start(&client, flags.namespace.as_deref(), &metrics);
     let watches = tokio::spawn(watches);
-    caches.wait_until_ready().await.context("the watches stopped before their first listing")?;
+    let shutdown = tokio_util_shutdown();
+    tokio::select! {
+        synced = caches.wait_until_ready() => synced.context("the watches stopped before their first listing")?,
+        _ = shutdown.clone() => { info!("stopped before the caches were ready"); return Ok(()); }
+    }
     info!(models = caches.models.state().len(), "caches ready");
     ready.store(true, Ordering::Relaxed);
 
-    let shutdown = tokio_util_shutdown();
     let recorder = Recorder::new(
         writer.clone(),
         Reporter { controller: "modelship-operator".into(), instance: Some(identity.clone()) },

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use modelship_crds::mlflow::{self, DownloadUriBody, ErrorBody, LoggedModelBody, MlModel, ModelVersionBody, RunBody};
+use modelship_crds::reason;
 use modelship_crds::{ModelSpec, RegistryRef};
 use serde::de::DeserializeOwned;
 
@@ -77,11 +78,11 @@ impl RegistryError {
     /// The condition reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::NotConfigured(_) => "RegistryNotConfigured",
+            Self::NotConfigured(_) => reason::REGISTRY_NOT_CONFIGURED,
             Self::Unavailable { .. } => REGISTRY_UNAVAILABLE,
-            Self::NotFound { .. } => "RegistryModelNotFound",
-            Self::CredentialsRefused { .. } => "RegistryCredentialsRefused",
-            Self::Unsupported { .. } => "RegistryModelUnsupported",
+            Self::NotFound { .. } => reason::REGISTRY_MODEL_NOT_FOUND,
+            Self::CredentialsRefused { .. } => reason::REGISTRY_CREDENTIALS_REFUSED,
+            Self::Unsupported { .. } => reason::REGISTRY_MODEL_UNSUPPORTED,
         }
     }
 
@@ -92,7 +93,7 @@ impl RegistryError {
 }
 
 /// Reason of the registry condition while the tracking server does not answer.
-pub const REGISTRY_UNAVAILABLE: &str = "RegistryUnavailable";
+pub const REGISTRY_UNAVAILABLE: &str = reason::REGISTRY_UNAVAILABLE;
 
 /// What a registry reference resolved to.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,6 +5,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use modelship_crds::condition::{CANARY_READY, DEGRADED, PROGRESSING, READY, REGISTRY};
+use modelship_crds::reason;
 use modelship_crds::{CanarySpec, MLModel, MLModelStatus, ModelSpec, RollbackStatus, TrafficStatus};
 
 use crate::desired;
@@ -35,10 +36,10 @@ pub enum SourceProblem {
 impl SourceProblem {
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::InvalidReference(_) => "InvalidModelReference",
-            Self::ConfigMapNotFound { .. } => "ConfigMapNotFound",
-            Self::ConfigMapKeyNotFound { .. } => "ConfigMapKeyNotFound",
-            Self::PvcNotFound { .. } => "PersistentVolumeClaimNotFound",
+            Self::InvalidReference(_) => reason::INVALID_MODEL_REFERENCE,
+            Self::ConfigMapNotFound { .. } => reason::CONFIGMAP_NOT_FOUND,
+            Self::ConfigMapKeyNotFound { .. } => reason::CONFIGMAP_KEY_NOT_FOUND,
+            Self::PvcNotFound { .. } => reason::PVC_NOT_FOUND,
             Self::Registry { reason, .. } => reason,
         }
     }
@@ -140,7 +141,7 @@ pub fn compute(model: &MLModel, obs: &Observed<'_>, now: &Time) -> MLModelStatus
             c(
                 PROGRESSING,
                 false,
-                "Blocked",
+                reason::BLOCKED,
                 "the current spec cannot be rolled out until the model source exists".into(),
             ),
             c(DEGRADED, true, p.reason(), p.message()),
@@ -150,38 +151,40 @@ pub fn compute(model: &MLModel, obs: &Observed<'_>, now: &Time) -> MLModelStatus
         let problem = if state == Rollout::Complete { None } else { pod_problem(obs.pods) };
         let degraded = match (&state, &problem) {
             (_, Some((reason, msg))) => c(DEGRADED, true, reason, msg.clone()),
-            (Rollout::DeadlineExceeded(msg), None) => c(DEGRADED, true, "ProgressDeadlineExceeded", msg.clone()),
-            _ => c(DEGRADED, false, "AsExpected", "no problems detected".into()),
+            (Rollout::DeadlineExceeded(msg), None) => {
+                c(DEGRADED, true, reason::PROGRESS_DEADLINE_EXCEEDED, msg.clone())
+            }
+            _ => c(DEGRADED, false, reason::AS_EXPECTED, "no problems detected".into()),
         };
         match state {
             Rollout::Missing => (
-                c(READY, false, "Creating", "the server Deployment is being created".into()),
-                c(PROGRESSING, true, "Creating", "the server Deployment is being created".into()),
+                c(READY, false, reason::CREATING, "the server Deployment is being created".into()),
+                c(PROGRESSING, true, reason::CREATING, "the server Deployment is being created".into()),
                 degraded,
             ),
             Rollout::InProgress(msg) => (
-                c(READY, false, "RolloutInProgress", msg.clone()),
-                c(PROGRESSING, true, "RolloutInProgress", msg),
+                c(READY, false, reason::ROLLOUT_IN_PROGRESS, msg.clone()),
+                c(PROGRESSING, true, reason::ROLLOUT_IN_PROGRESS, msg),
                 degraded,
             ),
             Rollout::DeadlineExceeded(msg) => (
-                c(READY, false, "ProgressDeadlineExceeded", msg.clone()),
-                c(PROGRESSING, false, "ProgressDeadlineExceeded", msg),
+                c(READY, false, reason::PROGRESS_DEADLINE_EXCEEDED, msg.clone()),
+                c(PROGRESSING, false, reason::PROGRESS_DEADLINE_EXCEEDED, msg),
                 degraded,
             ),
             Rollout::Complete if desired_replicas == 0 => (
-                c(READY, false, "ScaledToZero", "0 replicas requested; the model is not serving".into()),
-                c(PROGRESSING, false, "RolloutComplete", "scaled to zero".into()),
+                c(READY, false, reason::SCALED_TO_ZERO, "0 replicas requested; the model is not serving".into()),
+                c(PROGRESSING, false, reason::ROLLOUT_COMPLETE, "scaled to zero".into()),
                 degraded,
             ),
             Rollout::Complete => (
                 c(
                     READY,
                     true,
-                    "Available",
+                    reason::AVAILABLE,
                     format!("{ready_replicas}/{desired_replicas} replicas ready and up to date"),
                 ),
-                c(PROGRESSING, false, "RolloutComplete", "the current spec is fully rolled out".into()),
+                c(PROGRESSING, false, reason::ROLLOUT_COMPLETE, "the current spec is fully rolled out".into()),
                 degraded,
             ),
         }
@@ -194,10 +197,14 @@ pub fn compute(model: &MLModel, obs: &Observed<'_>, now: &Time) -> MLModelStatus
     let (mut ready, mut progressing, mut degraded) = (ready, progressing, degraded);
     if let Some(msg) = obs.rolled_back {
         let serving = obs.served.and_then(|m| m.version.as_deref()).unwrap_or("the last good model");
-        ready = c(READY, false, "RolledBack", format!("{msg}; {ready_replicas} replica(s) serve {serving}"));
-        progressing =
-            c(PROGRESSING, false, "RolledBack", "the failed version is not retried until spec.model changes".into());
-        degraded = c(DEGRADED, true, "RolledBack", msg.to_string());
+        ready = c(READY, false, reason::ROLLED_BACK, format!("{msg}; {ready_replicas} replica(s) serve {serving}"));
+        progressing = c(
+            PROGRESSING,
+            false,
+            reason::ROLLED_BACK,
+            "the failed version is not retried until spec.model changes".into(),
+        );
+        degraded = c(DEGRADED, true, reason::ROLLED_BACK, msg.to_string());
     }
 
     let mut conditions = vec![];
@@ -210,30 +217,30 @@ pub fn compute(model: &MLModel, obs: &Observed<'_>, now: &Time) -> MLModelStatus
         let share = obs.traffic.as_ref().map(|t| t.canary_percent).unwrap_or(0);
         let canary_ready = match (canary.source_problem, canary.rolled_back, &canary.health) {
             (Some(p), _, _) => c(CANARY_READY, false, p.reason(), p.message_for("spec.canary.model.uri")),
-            (None, Some(msg), _) => c(CANARY_READY, false, "CanaryRolledBack", msg.to_string()),
+            (None, Some(msg), _) => c(CANARY_READY, false, reason::CANARY_ROLLED_BACK, msg.to_string()),
             (None, None, Health::Available) => c(
                 CANARY_READY,
                 true,
-                "Available",
+                reason::AVAILABLE,
                 format!("canary {version}: {c_ready}/{c_desired} replicas ready, serving {share}% of requests"),
             ),
             (None, None, Health::Failed { reason, message }) => c(CANARY_READY, false, reason, message.clone()),
             (None, None, Health::Progressing) => {
                 let msg = format!("canary {version}: {c_ready}/{c_desired} replicas ready, taking over its share");
-                c(CANARY_READY, false, "RolloutInProgress", msg)
+                c(CANARY_READY, false, reason::ROLLOUT_IN_PROGRESS, msg)
             }
         };
         if canary_ready.status != "True" && degraded.status != "True" {
             if let Some(p) = canary.source_problem {
                 degraded = c(DEGRADED, true, p.reason(), p.message_for("spec.canary.model.uri"));
             } else if let Some(msg) = canary.rolled_back {
-                degraded = c(DEGRADED, true, "CanaryRolledBack", msg.to_string());
+                degraded = c(DEGRADED, true, reason::CANARY_ROLLED_BACK, msg.to_string());
             }
         }
         if canary_ready.status != "True" && ready.status == "True" {
             ready = c(READY, false, &canary_ready.reason, canary_ready.message.clone());
             if canary.source_problem.is_none() && canary.rolled_back.is_none() {
-                progressing = c(PROGRESSING, true, "CanaryRolloutInProgress", canary_ready.message.clone());
+                progressing = c(PROGRESSING, true, reason::CANARY_ROLLOUT_IN_PROGRESS, canary_ready.message.clone());
             }
         }
         conditions.push(canary_ready);
@@ -241,17 +248,19 @@ pub fn compute(model: &MLModel, obs: &Observed<'_>, now: &Time) -> MLModelStatus
     }
     if let Some(msg) = obs.gateway_problem {
         if degraded.status != "True" {
-            degraded = c(DEGRADED, true, "GatewayAPIUnavailable", msg.to_string());
+            degraded = c(DEGRADED, true, reason::GATEWAY_API_UNAVAILABLE, msg.to_string());
         }
         if ready.status == "True" {
-            ready = c(READY, false, "GatewayAPIUnavailable", msg.to_string());
+            ready = c(READY, false, reason::GATEWAY_API_UNAVAILABLE, msg.to_string());
         }
     }
     conditions.splice(0..0, [ready, progressing, degraded]);
     if let Some(r) = obs.registry {
         conditions.push(match &r.unavailable {
             Some(e) => c(REGISTRY, false, REGISTRY_UNAVAILABLE, format!("{e}; the running version keeps serving")),
-            None => c(REGISTRY, true, "Resolved", format!("{} resolved at {}", model.spec.model.uri, r.tracking_uri)),
+            None => {
+                c(REGISTRY, true, reason::RESOLVED, format!("{} resolved at {}", model.spec.model.uri, r.tracking_uri))
+            }
         });
     } else if let Some(p @ SourceProblem::Registry { .. }) = obs.source_problem {
         conditions.push(c(REGISTRY, false, p.reason(), p.message()));
@@ -320,7 +329,12 @@ pub fn blocked(model: &MLModel, reason: &str, message: &str, now: &Time) -> MLMo
     let others = st.conditions.iter().filter(|c| ![READY, PROGRESSING, DEGRADED].contains(&c.type_.as_str()));
     let mut conditions = vec![
         c(READY, false, reason, message.to_string()),
-        c(PROGRESSING, false, "Blocked", "the current spec cannot be rolled out until the problem is fixed".into()),
+        c(
+            PROGRESSING,
+            false,
+            reason::BLOCKED,
+            "the current spec cannot be rolled out until the problem is fixed".into(),
+        ),
         c(DEGRADED, true, reason, message.to_string()),
     ];
     conditions.extend(others.cloned());

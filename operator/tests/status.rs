@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use modelship_crds::MLModelStatus;
 use modelship_crds::condition::{DEGRADED, PROGRESSING, READY};
+use modelship_crds::reason;
 use modelship_operator::status::{self, Observed, SourceProblem};
 
 fn now() -> Time {
@@ -51,8 +52,8 @@ fn available_is_ready() {
     let d = deploy(2, 2, 3, 3, 3, 3);
     let s = compute(Some(&d), &[], None);
     assert_eq!(cond(&s, READY), ("True", "Available"));
-    assert_eq!(cond(&s, PROGRESSING), ("False", "RolloutComplete"));
-    assert_eq!(cond(&s, DEGRADED), ("False", "AsExpected"));
+    assert_eq!(cond(&s, PROGRESSING), ("False", reason::ROLLOUT_COMPLETE));
+    assert_eq!(cond(&s, DEGRADED), ("False", reason::AS_EXPECTED));
     assert_eq!((s.replicas, s.ready_replicas, s.updated_replicas), (3, 3, 3));
     assert_eq!(s.replica_summary.as_deref(), Some("3/3"));
     assert_eq!(s.observed_generation, Some(3));
@@ -68,8 +69,8 @@ fn a_new_generation_not_yet_observed_is_not_ready() {
     // the old status still says everything is available.
     let d = deploy(5, 4, 3, 3, 3, 3);
     let s = compute(Some(&d), &[], None);
-    assert_eq!(cond(&s, READY), ("False", "RolloutInProgress"));
-    assert_eq!(cond(&s, PROGRESSING), ("True", "RolloutInProgress"));
+    assert_eq!(cond(&s, READY), ("False", reason::ROLLOUT_IN_PROGRESS));
+    assert_eq!(cond(&s, PROGRESSING), ("True", reason::ROLLOUT_IN_PROGRESS));
 }
 
 #[test]
@@ -80,7 +81,7 @@ fn rollout_in_flight_states_are_not_ready() {
         (deploy(2, 2, 3, 3, 3, 2), "2 of 3 updated replicas are available"),
     ] {
         let s = compute(Some(&d), &[], None);
-        assert_eq!(cond(&s, READY), ("False", "RolloutInProgress"), "{want}");
+        assert_eq!(cond(&s, READY), ("False", reason::ROLLOUT_IN_PROGRESS), "{want}");
         assert_eq!(s.condition(READY).unwrap().message, want);
     }
 }
@@ -89,15 +90,15 @@ fn rollout_in_flight_states_are_not_ready() {
 fn a_scale_down_is_in_progress_until_the_surplus_pods_are_gone() {
     let d = deploy(3, 3, 4, 5, 5, 5);
     let st = compute(Some(&d), &[], None);
-    assert_eq!(cond(&st, READY), ("False", "RolloutInProgress"));
+    assert_eq!(cond(&st, READY), ("False", reason::ROLLOUT_IN_PROGRESS));
     assert!(st.condition(READY).unwrap().message.contains("1 surplus replicas"), "{:?}", st.condition(READY));
 }
 
 #[test]
 fn insufficient_replicas_with_a_missing_deployment() {
     let s = compute(None, &[], None);
-    assert_eq!(cond(&s, READY), ("False", "Creating"));
-    assert_eq!(cond(&s, PROGRESSING), ("True", "Creating"));
+    assert_eq!(cond(&s, READY), ("False", reason::CREATING));
+    assert_eq!(cond(&s, PROGRESSING), ("True", reason::CREATING));
 }
 
 #[test]
@@ -106,14 +107,14 @@ fn progress_deadline_exceeded_is_degraded() {
     d.status.as_mut().unwrap().conditions = Some(vec![DeploymentCondition {
         type_: "Progressing".into(),
         status: "False".into(),
-        reason: Some("ProgressDeadlineExceeded".into()),
+        reason: Some(reason::PROGRESS_DEADLINE_EXCEEDED.into()),
         message: Some("ReplicaSet \"iris-abc\" has timed out progressing.".into()),
         ..Default::default()
     }]);
     let s = compute(Some(&d), &[], None);
-    assert_eq!(cond(&s, DEGRADED), ("True", "ProgressDeadlineExceeded"));
+    assert_eq!(cond(&s, DEGRADED), ("True", reason::PROGRESS_DEADLINE_EXCEEDED));
     assert_eq!(cond(&s, READY).0, "False");
-    assert_eq!(cond(&s, PROGRESSING), ("False", "ProgressDeadlineExceeded"));
+    assert_eq!(cond(&s, PROGRESSING), ("False", reason::PROGRESS_DEADLINE_EXCEEDED));
 }
 
 fn pod(name: &str, waiting: Option<&str>, last: Option<ContainerStateTerminated>) -> Pod {
@@ -163,7 +164,7 @@ fn a_model_that_fails_to_load_names_the_cause() {
         ..Default::default()
     };
     let s = compute(Some(&d), &[pod("p", Some("CrashLoopBackOff"), Some(term))], None);
-    assert_eq!(cond(&s, DEGRADED), ("True", "ModelLoadFailed"));
+    assert_eq!(cond(&s, DEGRADED), ("True", reason::MODEL_LOAD_FAILED));
     assert!(s.condition(DEGRADED).unwrap().message.contains("checksum mismatch"));
 }
 
@@ -187,20 +188,20 @@ fn a_missing_configmap_degrades_and_says_the_old_version_keeps_serving() {
     let d = deploy(2, 2, 2, 2, 2, 2);
     let p = SourceProblem::ConfigMapNotFound { name: "iris-model-v2".into() };
     let s = compute(Some(&d), &[], Some(&p));
-    assert_eq!(cond(&s, DEGRADED), ("True", "ConfigMapNotFound"));
-    assert_eq!(cond(&s, READY), ("False", "ConfigMapNotFound"));
+    assert_eq!(cond(&s, DEGRADED), ("True", reason::CONFIGMAP_NOT_FOUND));
+    assert_eq!(cond(&s, READY), ("False", reason::CONFIGMAP_NOT_FOUND));
     let ready = &s.condition(READY).unwrap().message;
     assert!(ready.contains("iris-model-v2") && ready.contains("previous version keeps serving on 2"), "{ready}");
     let key = SourceProblem::ConfigMapKeyNotFound { name: "m".into(), key: "k".into() };
-    assert_eq!(cond(&compute(None, &[], Some(&key)), DEGRADED), ("True", "ConfigMapKeyNotFound"));
+    assert_eq!(cond(&compute(None, &[], Some(&key)), DEGRADED), ("True", reason::CONFIGMAP_KEY_NOT_FOUND));
     let pvc = SourceProblem::PvcNotFound { claim: "c".into() };
-    assert_eq!(cond(&compute(None, &[], Some(&pvc)), DEGRADED), ("True", "PersistentVolumeClaimNotFound"));
+    assert_eq!(cond(&compute(None, &[], Some(&pvc)), DEGRADED), ("True", reason::PVC_NOT_FOUND));
 }
 
 #[test]
 fn scaled_to_zero_is_not_ready() {
     let d = deploy(2, 2, 0, 0, 0, 0);
-    assert_eq!(cond(&compute(Some(&d), &[], None), READY), ("False", "ScaledToZero"));
+    assert_eq!(cond(&compute(Some(&d), &[], None), READY), ("False", reason::SCALED_TO_ZERO));
 }
 
 #[test]
@@ -298,9 +299,9 @@ mod canary_and_rollback {
             rolled_back: None,
         };
         let st = with(&m, Observed { deployment: Some(&stable), canary: Some(canary), ..Default::default() });
-        assert_eq!(cond(&st, READY), ("False", "RolloutInProgress"));
-        assert_eq!(cond(&st, PROGRESSING), ("True", "CanaryRolloutInProgress"));
-        assert_eq!(cond(&st, CANARY_READY), ("False", "RolloutInProgress"));
+        assert_eq!(cond(&st, READY), ("False", reason::ROLLOUT_IN_PROGRESS));
+        assert_eq!(cond(&st, PROGRESSING), ("True", reason::CANARY_ROLLOUT_IN_PROGRESS));
+        assert_eq!(cond(&st, CANARY_READY), ("False", reason::ROLLOUT_IN_PROGRESS));
         assert_eq!(cond(&st, DEGRADED).0, "False");
     }
 
@@ -317,10 +318,10 @@ mod canary_and_rollback {
             rolled_back: Some(msg),
         };
         let st = with(&m, Observed { deployment: Some(&stable), canary: Some(canary), ..Default::default() });
-        assert_eq!(cond(&st, DEGRADED), ("True", "CanaryRolledBack"));
+        assert_eq!(cond(&st, DEGRADED), ("True", reason::CANARY_ROLLED_BACK));
         assert_eq!(st.condition(DEGRADED).unwrap().message, msg);
-        assert_eq!(cond(&st, READY), ("False", "CanaryRolledBack"));
-        assert_eq!(cond(&st, CANARY_READY), ("False", "CanaryRolledBack"));
+        assert_eq!(cond(&st, READY), ("False", reason::CANARY_ROLLED_BACK));
+        assert_eq!(cond(&st, CANARY_READY), ("False", reason::CANARY_ROLLED_BACK));
         assert_eq!(cond(&st, PROGRESSING).0, "False", "nothing is in flight");
     }
 
@@ -337,9 +338,9 @@ mod canary_and_rollback {
             rolled_back: None,
         };
         let st = with(&m, Observed { deployment: Some(&stable), canary: Some(canary), ..Default::default() });
-        assert_eq!(cond(&st, DEGRADED), ("True", "ConfigMapNotFound"));
+        assert_eq!(cond(&st, DEGRADED), ("True", reason::CONFIGMAP_NOT_FOUND));
         assert!(st.condition(DEGRADED).unwrap().message.contains("spec.canary.model.uri"));
-        assert_eq!(cond(&st, CANARY_READY), ("False", "ConfigMapNotFound"));
+        assert_eq!(cond(&st, CANARY_READY), ("False", reason::CONFIGMAP_NOT_FOUND));
     }
 
     #[test]
@@ -366,9 +367,9 @@ mod canary_and_rollback {
                 ..Default::default()
             },
         );
-        assert_eq!(cond(&st, READY), ("False", "RolledBack"));
-        assert_eq!(cond(&st, DEGRADED), ("True", "RolledBack"));
-        assert_eq!(cond(&st, PROGRESSING), ("False", "RolledBack"));
+        assert_eq!(cond(&st, READY), ("False", reason::ROLLED_BACK));
+        assert_eq!(cond(&st, DEGRADED), ("True", reason::ROLLED_BACK));
+        assert_eq!(cond(&st, PROGRESSING), ("False", reason::ROLLED_BACK));
         assert_eq!(st.model_version.as_deref(), Some("v1"), "the version that serves");
         assert_eq!(st.last_good_model, Some(good), "still the last good model, not the failed spec");
         assert_eq!(st.rollback, Some(rollback));
@@ -381,8 +382,8 @@ mod canary_and_rollback {
         let stable = deploy(3, 3, 2, 2, 2, 2);
         let msg = "spec.traffic.gateway is set, but this cluster does not serve HTTPRoute";
         let st = with(&m, Observed { deployment: Some(&stable), gateway_problem: Some(msg), ..Default::default() });
-        assert_eq!(cond(&st, DEGRADED), ("True", "GatewayAPIUnavailable"));
-        assert_eq!(cond(&st, READY), ("False", "GatewayAPIUnavailable"));
+        assert_eq!(cond(&st, DEGRADED), ("True", reason::GATEWAY_API_UNAVAILABLE));
+        assert_eq!(cond(&st, READY), ("False", reason::GATEWAY_API_UNAVAILABLE));
         assert_eq!(st.condition(DEGRADED).unwrap().message, msg);
         assert!(st.traffic.is_none());
     }
@@ -425,7 +426,7 @@ fn an_mlflow_alias_records_its_version_and_the_registry_condition() {
     };
     let s = status::compute(&m, &obs(&source), &now());
     assert_eq!(cond(&s, READY), ("True", "Available"));
-    assert_eq!(cond(&s, "RegistryAvailable"), ("True", "Resolved"));
+    assert_eq!(cond(&s, "RegistryAvailable"), ("True", reason::RESOLVED));
     assert_eq!(s.model.as_ref(), Some(&resolved));
     assert_eq!(s.model_version.as_deref(), Some("2"), "the VERSION column shows the registry version");
     // A rollback must return to this version, not to wherever the alias points by then.
@@ -437,15 +438,17 @@ fn an_mlflow_alias_records_its_version_and_the_registry_condition() {
     };
     let s = status::compute(&m, &obs(&down), &now());
     assert_eq!(cond(&s, READY), ("True", "Available"), "the running version keeps serving");
-    assert_eq!(cond(&s, "RegistryAvailable"), ("False", "RegistryUnavailable"));
+    assert_eq!(cond(&s, "RegistryAvailable"), ("False", reason::REGISTRY_UNAVAILABLE));
     assert!(s.condition("RegistryAvailable").unwrap().message.contains("http://mlflow:5000"));
 
-    let problem =
-        SourceProblem::Registry { reason: "RegistryCredentialsRefused", message: "refused the credentials".into() };
+    let problem = SourceProblem::Registry {
+        reason: reason::REGISTRY_CREDENTIALS_REFUSED,
+        message: "refused the credentials".into(),
+    };
     let s = status::compute(
         &m,
         &Observed { deployment: Some(&d), source_problem: Some(&problem), ..Default::default() },
         &now(),
     );
-    assert_eq!(cond(&s, DEGRADED), ("True", "RegistryCredentialsRefused"));
+    assert_eq!(cond(&s, DEGRADED), ("True", reason::REGISTRY_CREDENTIALS_REFUSED));
 }

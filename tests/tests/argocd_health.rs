@@ -102,3 +102,23 @@ fn the_argocd_cm_snippet_carries_the_same_script() {
     let new_app = serde_json::json!({"metadata": {"name": "x"}});
     assert_eq!(run_health(app_script, &new_app).status, "Progressing");
 }
+
+/// The fixtures use only reasons the operator writes (a reason renamed in the operator fails
+/// here, not silently in ArgoCD), and the reason health.lua tests for by name is one of them.
+#[test]
+fn the_fixtures_and_the_script_name_only_reasons_the_operator_writes() {
+    use modelship_crds::reason;
+    let mut seen = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dir().join("testdata")).unwrap() {
+        let path = entry.unwrap().path();
+        let object = yaml(&path);
+        for c in object["status"]["conditions"].as_array().into_iter().flatten() {
+            let r = c["reason"].as_str().unwrap_or_default();
+            assert!(reason::ALL.contains(&r), "{}: reason {r} is not one the operator writes", path.display());
+            seen.insert(r.to_string());
+        }
+    }
+    assert!(seen.len() >= 8, "{seen:?}");
+    let script = std::fs::read_to_string(dir().join("health.lua")).unwrap();
+    assert!(script.contains(&format!("ready.reason == \"{}\"", reason::SCALED_TO_ZERO)), "health.lua: {script}");
+}
