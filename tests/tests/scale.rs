@@ -29,6 +29,17 @@ use modelship_crds::MLModel;
 use modelship_tests::{Operator, OperatorOptions, iris_model, is_ready, setup, wait_for};
 use tokio::sync::watch;
 
+/// Prints a figure and keeps it for the report file (`MODELSHIP_SCALE_REPORT`, which tests/run
+/// prints after the suite: a passing test's output is not shown).
+fn report(line: String) {
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("MODELSHIP_SCALE_REPORT") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+        writeln!(f, "{line}").unwrap();
+    }
+}
+
 fn env_number(var: &str, default: u64) -> u64 {
     std::env::var(var).ok().map(|v| v.parse().unwrap_or_else(|_| panic!("{var}={v}: not a number"))).unwrap_or(default)
 }
@@ -191,7 +202,7 @@ async fn many_models_come_up_fast_cost_few_requests_and_an_idle_operator_writes_
     let (ramp, _) = requests_since(&leader.api_requests().await, &before);
     let ramp_total: f64 = ramp.values().sum();
     let rss_models = rss_kib(&leader);
-    eprintln!(
+    report(format!(
         "{n} MLModels: created in {:.1} s, all Ready {:.1} s after the first create; {:.2} requests per model \
          ({:.2} writes) during the ramp: {ramp:?}; operator RSS {} KiB empty, {} KiB with {n} models",
         created.as_secs_f64(),
@@ -200,7 +211,7 @@ async fn many_models_come_up_fast_cost_few_requests_and_an_idle_operator_writes_
         writes(&ramp) / n as f64,
         rss_empty,
         rss_models,
-    );
+    ));
     assert!(writes(&ramp) / (n as f64) < 8.0, "more than 8 writes per model during the ramp: {ramp:?}");
 
     // Idle: resyncs run, nothing is written.
@@ -214,10 +225,10 @@ async fn many_models_come_up_fast_cost_few_requests_and_an_idle_operator_writes_
     .await;
     let resynced = leader.metric("modelship_operator_reconciles_total").await - reconciles;
     let (quiet, lease_requests) = requests_since(&leader.api_requests().await, &before);
-    eprintln!(
+    report(format!(
         "idle {:.0} s: {resynced} reconciles (resyncs every {resync} s), requests {quiet:?}, Lease requests {lease_requests}",
         idle_start.elapsed().as_secs_f64()
-    );
+    ));
     assert_eq!(writes(&quiet), 0.0, "an idle operator wrote: {quiet:?}");
     assert_eq!(standby.writes_sent().await, 0.0, "the standby wrote while the leader held the Lease");
 
@@ -227,7 +238,7 @@ async fn many_models_come_up_fast_cost_few_requests_and_an_idle_operator_writes_
     create_all(&models, vec![model("one-more")]).await;
     ready.all(&one, Duration::from_secs(60)).await;
     let one_more = start.elapsed();
-    eprintln!("one more MLModel Ready {:.2} s after its create, with {n} present", one_more.as_secs_f64());
+    report(format!("one more MLModel Ready {:.2} s after its create, with {n} present", one_more.as_secs_f64()));
 
     // Objects that are not ours: unrelated ConfigMaps (64 KiB each) and Deployments.
     let rss_before = rss_kib(&leader);
@@ -241,11 +252,11 @@ async fn many_models_come_up_fast_cost_few_requests_and_an_idle_operator_writes_
     })
     .await;
     let rss_after = rss_kib(&leader);
-    eprintln!(
+    report(format!(
         "RSS {rss_before} KiB before, {rss_after} KiB with {unrelated} unrelated 64 KiB ConfigMaps and {unrelated} \
          unrelated Deployments ({:+.1}%)",
         (rss_after as f64 / rss_before as f64 - 1.0) * 100.0
-    );
+    ));
     assert!(rss_after as f64 <= rss_before as f64 * 1.10, "RSS grew with objects that are not ours");
 
     // Failover: kill -9 of the leader; the warm standby takes over and reconciles at once.
@@ -260,11 +271,11 @@ async fn many_models_come_up_fast_cost_few_requests_and_an_idle_operator_writes_
     create_all(&models, vec![model("after-failover")]).await;
     ready.all(&after, Duration::from_secs(60)).await;
     let served = killed.elapsed();
-    eprintln!(
+    report(format!(
         "failover: the standby led {:.1} s after kill -9 of the leader; a model created then was Ready {:.1} s after the kill",
         took_over.as_secs_f64(),
         served.as_secs_f64()
-    );
+    ));
     // The standby counts the Lease's 15 s from when it saw the last renewal, which it checks for
     // every 2 s: a takeover comes at most 15 s + 2 x 2 s after the kill.
     assert!(took_over <= Duration::from_secs(19), "failover took {took_over:?} (the Lease lasts 15 s)");
