@@ -2,7 +2,7 @@
 //! replica for the life of the process. Reconciles read children from here instead of asking the
 //! API server, and a standby that wins the Lease starts with warm caches.
 //!
-//! Children (Deployments, Services, HPAs, Pods) are selected by our managed-by label; ConfigMaps,
+//! Children (Deployments, Services, HPAs, Pods) are selected by our identity label; ConfigMaps,
 //! which belong to users, are watched as metadata only and kept nowhere: they only trigger the
 //! models that name them. Objects that are not ours cost no memory.
 
@@ -23,9 +23,10 @@ use tracing::warn;
 
 use crate::metrics::Metrics;
 
-/// The label selector of everything the operator creates.
+/// The label selector of everything the operator creates: the identity label every child carries
+/// (it is part of every selector, so every version of the operator has set it).
 pub fn managed_selector() -> String {
-    format!("{}={}", labels::MANAGED_BY, modelship_crds::FIELD_MANAGER)
+    labels::MODEL.to_string()
 }
 
 /// Where reconciles of which models should run: filled by the watches, drained by the controller
