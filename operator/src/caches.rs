@@ -3,8 +3,9 @@
 //! API server, and a standby that wins the Lease starts with warm caches.
 //!
 //! Children (Deployments, Services, HPAs, Pods) are selected by our identity label; ConfigMaps,
-//! which belong to users, are watched as metadata only and kept nowhere: they only trigger the
-//! models that name them. Objects that are not ours cost no memory.
+//! which belong to users, are watched as metadata only, of which only the resourceVersion is kept
+//! (see [`ConfigMapVersions`]): they trigger the models that name them. Objects that are not ours
+//! cost no more than their name and version.
 
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::metrics::Metrics;
+use crate::versions::ConfigMapVersions;
 
 /// The label selector of everything the operator creates: the identity label every child carries
 /// (it is part of every selector, so every version of the operator has set it).
@@ -61,6 +63,8 @@ pub struct Caches {
     pub services: Store<Service>,
     pub hpas: Store<HorizontalPodAutoscaler>,
     pub pods: Store<Pod>,
+    /// The resourceVersion of each ConfigMap, and the digests reconciles read.
+    pub configmaps: ConfigMapVersions,
     triggers: Triggers,
 }
 
@@ -128,16 +132,26 @@ impl Caches {
         let (hpas, hpas_events) =
             child(api::<HorizontalPodAutoscaler>(client, namespace), watch(Child::CACHE, "horizontalpodautoscalers"));
         let (pods, pods_events) = child(api::<Pod>(client, namespace), watch(Child::CACHE, "pods"));
+        let configmaps = ConfigMapVersions::default();
         let configmap_events = {
-            let (models, triggers, seen) = (models.clone(), triggers.clone(), seen("configmaps"));
+            let (models, triggers, seen, versions) =
+                (models.clone(), triggers.clone(), seen("configmaps"), configmaps.clone());
             watcher(api::<PartialObjectMeta<ConfigMap>>(client, namespace), watcher::Config::default())
                 .default_backoff()
-                .touched_objects()
                 .for_each(move |ev| {
                     seen();
-                    if let Ok(cm) = ev {
-                        for r in models_using_configmap(&models, cm.namespace().as_deref(), &cm.name_any()) {
-                            triggers.send(r);
+                    if let Ok(ev) = ev {
+                        versions.apply_event(&ev);
+                        let touched = match &ev {
+                            watcher::Event::Apply(cm) | watcher::Event::InitApply(cm) | watcher::Event::Delete(cm) => {
+                                Some(cm)
+                            }
+                            watcher::Event::Init | watcher::Event::InitDone => None,
+                        };
+                        if let Some(cm) = touched {
+                            for r in models_using_configmap(&models, cm.namespace().as_deref(), &cm.name_any()) {
+                                triggers.send(r);
+                            }
                         }
                     }
                     async {}
@@ -147,7 +161,7 @@ impl Caches {
             tokio::join!(model_events, deployments_events, services_events, hpas_events, pods_events, configmap_events);
             warn!("every watch ended");
         };
-        (Self { models, deployments, services, hpas, pods, triggers }, driver)
+        (Self { models, deployments, services, hpas, pods, configmaps, triggers }, driver)
     }
 
     /// Caches holding exactly these objects, with no watch behind them (for tests).
@@ -158,6 +172,7 @@ impl Caches {
             services: filled(services),
             hpas: filled(vec![]),
             pods: filled(pods),
+            configmaps: ConfigMapVersions::default(),
             triggers: Triggers::default(),
         }
     }
@@ -247,13 +262,19 @@ fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::UnboundedReceiver<T>) -> i
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// MLModels in namespace `ns` whose `spec.model.uri` names the ConfigMap `name`.
+/// MLModels in namespace `ns` that name the ConfigMap `name`: in `spec.model`, `spec.canary`, or
+/// as the last good model they may roll back to.
 pub fn models_using_configmap(store: &Store<MLModel>, ns: Option<&str>, name: &str) -> Vec<ObjectRef<MLModel>> {
+    let names = |uri: &str| matches!(ModelUri::parse(uri), Ok(ModelUri::ConfigMap { name: n, .. }) if n == name);
     store
         .state()
         .iter()
         .filter(|m| m.namespace().as_deref() == ns)
-        .filter(|m| matches!(ModelUri::parse(&m.spec.model.uri), Ok(ModelUri::ConfigMap { name: n, .. }) if n == name))
+        .filter(|m| {
+            names(&m.spec.model.uri)
+                || m.spec.canary.as_ref().is_some_and(|c| names(&c.model.uri))
+                || m.status.as_ref().and_then(|s| s.last_good_model.as_ref()).is_some_and(|g| names(&g.uri))
+        })
         .map(|m| ObjectRef::from_obj(m.as_ref()))
         .collect()
 }

@@ -35,8 +35,11 @@ impl LeaseConfig {
             namespace,
             name,
             identity,
-            lease_duration: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
+            // A standby takes over at most `lease_duration` + `retry` after the leader's last
+            // renewal (12 s), inside the 15 s failover target; the 4 s between the renew deadline
+            // and expiry is more than any request of the leader may last (write_gate's timeouts).
+            lease_duration: Duration::from_secs(10),
+            renew_deadline: Duration::from_secs(6),
             retry: Duration::from_secs(2),
             stop_grace: Duration::from_secs(2),
         }
@@ -123,7 +126,7 @@ impl Elector {
                     Instant::now()
                 }
             };
-            let held_for = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(15).max(1) as u64);
+            let held_for = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(10).max(1) as u64);
             if first_seen.elapsed() < held_for {
                 debug!(holder, "lease held by another replica");
                 return Ok(false);

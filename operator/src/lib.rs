@@ -2,6 +2,7 @@
 //! (`reconcile`), model-source resolution, leader election with its write gate, and metrics.
 
 pub mod api_requests;
+pub mod apply;
 pub mod caches;
 pub mod desired;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod ownership;
+pub mod plan;
 pub mod reconcile;
 pub mod registry;
 pub mod rollback;
@@ -19,4 +21,5 @@ pub mod source;
 pub mod status;
 pub mod traffic;
 pub mod validate;
+pub mod versions;
 pub mod write_gate;

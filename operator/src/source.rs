@@ -10,6 +10,7 @@ use crate::desired::{RegistrySource, SourceVersion};
 use crate::error::{Error, KubeContext};
 use crate::registry::Registry;
 use crate::status::SourceProblem;
+use crate::versions::ConfigMapVersions;
 
 /// The parsed URI and its content version, or the problem that stops a rollout.
 pub type Resolved = Result<(ModelUri, SourceVersion), SourceProblem>;
@@ -24,27 +25,45 @@ pub fn configmap_key_hash(cm: &ConfigMap, key: &str) -> Option<String> {
     Some(hex::encode(&Sha256::digest(&bytes)[..8]))
 }
 
+/// Where a model source is resolved: the clients, and (with caches) the ConfigMap versions.
+#[derive(Clone, Copy)]
+pub struct Sources<'a> {
+    pub client: &'a Client,
+    pub registry: &'a Registry,
+    /// The ConfigMap digests read before, reused while the watch sees no newer version.
+    pub configmaps: Option<&'a ConfigMapVersions>,
+}
+
 /// Resolves `spec.uri`. `previous` is what the stored status says this URI resolved to: a pinned
 /// MLflow version is not asked again, and while the tracking server does not answer an alias
 /// keeps its previous version (the running pods keep serving).
 pub async fn resolve(
-    client: &Client,
-    registry: &Registry,
+    sources: Sources<'_>,
     namespace: &str,
     spec: &ModelSpec,
     previous: Option<&ResolvedModelStatus>,
 ) -> Result<Resolved, Error> {
+    let Sources { client, registry, configmaps } = sources;
     let uri = match ModelUri::parse(&spec.uri) {
         Ok(u) => u,
         Err(e) => return Ok(Err(SourceProblem::InvalidReference(e.to_string()))),
     };
     let version = match &uri {
         ModelUri::ConfigMap { name, key } => {
-            let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-            let Some(cm) = api.get_opt(name).await.during("get ConfigMap")? else {
-                return Ok(Err(SourceProblem::ConfigMapNotFound { name: name.clone() }));
+            let digest = match configmaps.and_then(|v| v.digest(namespace, name, key)) {
+                Some(digest) => digest,
+                None => {
+                    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+                    let Some(cm) = api.get_opt(name).await.during("get ConfigMap")? else {
+                        return Ok(Err(SourceProblem::ConfigMapNotFound { name: name.clone() }));
+                    };
+                    if let Some(v) = configmaps {
+                        v.record(&cm);
+                    }
+                    configmap_key_hash(&cm, key)
+                }
             };
-            let Some(hash) = configmap_key_hash(&cm, key) else {
+            let Some(hash) = digest else {
                 return Ok(Err(SourceProblem::ConfigMapKeyNotFound { name: name.clone(), key: key.clone() }));
             };
             SourceVersion { content_hash: Some(hash), registry: None }

@@ -275,7 +275,7 @@ fn backoff_grows_and_is_capped() {
 #[test]
 fn replicas_ownership_is_read_from_managed_fields() {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
-    use modelship_operator::reconcile::we_own_replicas;
+    use modelship_operator::plan::we_own_replicas;
     let entry = |manager: &str, fields: serde_json::Value| ManagedFieldsEntry {
         manager: Some(manager.into()),
         operation: Some("Apply".into()),

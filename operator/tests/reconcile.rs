@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{model, settings};
+use common::{as_live, model, settings};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -344,28 +344,6 @@ fn body_of<'a>(seen: &'a Seen, path: &str) -> &'a serde_json::Value {
     let body = &bodies.next().unwrap_or_else(|| panic!("no PATCH of {path}: {seen:?}")).2;
     assert!(bodies.next().is_none(), "two PATCHes of {path}");
     body
-}
-
-/// What the API server holds after applying `body`: the fields it sets and defaults added.
-fn as_live<K: serde::de::DeserializeOwned>(body: &serde_json::Value) -> K {
-    let mut live = body.clone();
-    live["metadata"]["uid"] = serde_json::json!("child-uid");
-    live["metadata"]["resourceVersion"] = serde_json::json!("11");
-    live["metadata"]["generation"] = serde_json::json!(1);
-    if live["kind"] == "Deployment" {
-        live["spec"]["strategy"]["rollingUpdate"]["maxSurge"] = serde_json::json!("25%");
-        live["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] =
-            serde_json::json!("/dev/termination-log");
-        live["status"] = serde_json::json!({
-            "observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1,
-            "conditions": [{"type": "Available", "status": "True"},
-                           {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}],
-        });
-    } else {
-        live["spec"]["clusterIP"] = serde_json::json!("10.96.0.10");
-        live["spec"]["ports"][0]["protocol"] = serde_json::json!("TCP");
-    }
-    serde_json::from_value(live).unwrap()
 }
 
 #[tokio::test]
