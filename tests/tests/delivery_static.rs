@@ -333,8 +333,9 @@ fn every_kustomize_overlay_builds_with_its_settings() {
 #[test]
 fn argocd_applications_point_at_real_paths_in_sync_wave_order() {
     let read = |f: &str| docs(&std::fs::read_to_string(root().join("manifests/argocd").join(f)).unwrap());
-    let operator = &read("operator-application.yaml")[0];
-    let set = &read("models-applicationset.yaml")[0];
+    let operator = &read("apps/operator-application.yaml")[0];
+    let set = &read("apps/models-applicationset.yaml")[0];
+    let root_app = &read("root-application.yaml")[0];
     let dev = &read("models-dev-application.yaml")[0];
     let wave = |v: &Value| {
         v["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"].as_str().unwrap().parse::<i32>().unwrap()
@@ -352,8 +353,13 @@ fn argocd_applications_point_at_real_paths_in_sync_wave_order() {
             app_spec["syncPolicy"]["syncOptions"].as_array().unwrap().iter().map(|o| o.as_str().unwrap()).collect();
         assert!(opts.contains(&"SkipDryRunOnMissingResource=true"), "MLModels sync even when the CRD is new: {opts:?}");
     }
-    let app_of_apps = kubectl(&["kustomize", &root().join("manifests/argocd").to_string_lossy()]).unwrap();
-    let mut app_kinds = kinds(&docs(&app_of_apps));
+    // kubectl apply -k manifests/argocd applies the root Application only; it syncs apps/ from
+    // Git, where the waves order the operator before the models.
+    let applied = kubectl(&["kustomize", &root().join("manifests/argocd").to_string_lossy()]).unwrap();
+    assert_eq!(kinds(&docs(&applied)), ["Application"]);
+    let synced_path = root_app["spec"]["source"]["path"].as_str().unwrap();
+    let synced = kubectl(&["kustomize", &root().join(synced_path).to_string_lossy()]).unwrap();
+    let mut app_kinds = kinds(&docs(&synced));
     app_kinds.sort();
     assert_eq!(app_kinds, ["Application", "ApplicationSet"]);
 }
