@@ -26,6 +26,8 @@ const T: Duration = Duration::from_secs(240);
 /// The ArgoCD that tests/argocd/up started, from its env file.
 struct ArgoCd {
     repo: String,
+    /// The application controller's Prometheus metrics.
+    metrics: String,
 }
 
 impl ArgoCd {
@@ -35,8 +37,8 @@ impl ArgoCd {
             return None;
         };
         let env = std::fs::read_to_string(Path::new(&dir).join("env")).expect("tests/argocd/up's env file");
-        let repo = env.lines().find_map(|l| l.strip_prefix("MODELSHIP_ARGOCD_REPO=")).unwrap().to_string();
-        Some(Self { repo })
+        let var = |k: &str| env.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap().to_string();
+        Some(Self { repo: var("MODELSHIP_ARGOCD_REPO"), metrics: var("MODELSHIP_ARGOCD_CONTROLLER_METRICS") })
     }
 }
 
@@ -189,15 +191,38 @@ async fn the_app_of_apps_installs_the_operator_first_then_every_environment_with
     }
 }
 
-/// A dev-only change of the iris model, as a kustomize patch in manifests/gitops/models/dev.
-fn set_dev_version(dir: &Path, version: &str) {
+/// A dev-only change of the iris model: JSON patch operations (YAML, indented for the list) as a
+/// kustomize patch in manifests/gitops/models/dev.
+fn patch_dev_iris(dir: &Path, operations: &str) {
     let k = dir.join("manifests/gitops/models/dev/kustomization.yaml");
     let mut text = std::fs::read_to_string(&k).unwrap();
-    text.push_str(&format!(
-        "patches:\n  - target: {{group: modelship.dev, kind: MLModel, name: iris}}\n    patch: |-\n      \
-         - op: replace\n        path: /spec/model/version\n        value: {version}\n"
-    ));
+    text.push_str("patches:\n  - target: {group: modelship.dev, kind: MLModel, name: iris}\n    patch: |-\n");
+    for line in operations.lines() {
+        text.push_str(&format!("      {line}\n"));
+    }
     std::fs::write(k, text).unwrap();
+}
+
+fn set_dev_version(dir: &Path, version: &str) {
+    patch_dev_iris(dir, &format!("- op: replace\n  path: /spec/model/version\n  value: {version}"));
+}
+
+/// Waits until the Application is Synced to `commit` and Healthy, having been Progressing on the
+/// way (ArgoCD running our health check on the MLModel); returns the health statuses seen.
+async fn progressing_then_healthy(app: &str, commit: &str) -> Vec<String> {
+    let seen = std::sync::Mutex::new(Vec::<String>::new());
+    wait_for(&format!("Application {app} Progressing, then Synced to {commit} and Healthy"), T, || async {
+        let app = application(app)?;
+        let (sync, health, at) = state(&app);
+        let mut seen = seen.lock().unwrap();
+        if seen.last() != Some(&health) {
+            seen.push(health.clone());
+        }
+        (sync == "Synced" && at == commit && health == "Healthy" && seen.iter().any(|h| h == "Progressing"))
+            .then_some(())
+    })
+    .await;
+    seen.into_inner().unwrap()
 }
 
 #[tokio::test]
@@ -210,19 +235,7 @@ async fn a_commit_rolls_a_model_out_progressing_until_ready_and_a_revert_rolls_i
     let pushed = Instant::now();
     refresh(app);
     // ArgoCD runs our health check on the MLModel: Progressing while the new version rolls out.
-    let seen = std::sync::Mutex::new(Vec::<String>::new());
-    wait_for("the dev Application to be Synced to the commit and Healthy again", T, || async {
-        let app = application(app)?;
-        let (sync, health, at) = state(&app);
-        let mut seen = seen.lock().unwrap();
-        if seen.last() != Some(&health) {
-            seen.push(health.clone());
-        }
-        (sync == "Synced" && at == commit && health == "Healthy" && seen.iter().any(|h| h == "Progressing"))
-            .then_some(())
-    })
-    .await;
-    let seen = seen.into_inner().unwrap();
+    let seen = progressing_then_healthy(app, &commit).await;
     eprintln!("v2: Healthy {:.1} s after the push; health seen: {seen:?}", pushed.elapsed().as_secs_f64());
     let iris = ready_models("models-dev").await.into_iter().find(|m| m.metadata.name.as_deref() == Some("iris"));
     assert!(iris.as_ref().is_some_and(|m| is_ready(m, Some("v2"))), "{iris:?}");
@@ -285,4 +298,182 @@ async fn a_model_whose_configmap_is_missing_is_degraded_with_our_message_and_a_r
         left.items.is_empty().then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_canary_commit_is_progressing_until_canary_ready_then_healthy_and_a_revert_ends_the_canary() {
+    let Some(argo) = ArgoCd::from_env() else { return };
+    let fork = installed(&argo).await;
+    let app = "modelship-models-dev";
+
+    let commit = fork.commit("dev: iris v2 as a canary for half the traffic", |dir| {
+        patch_dev_iris(
+            dir,
+            "- op: add\n  path: /spec/canary\n  value:\n    model: {uri: configmap://iris-model/model.json, \
+             format: linfa, version: v2}\n    trafficPercent: 50",
+        )
+    });
+    let pushed = Instant::now();
+    refresh(app);
+    let seen = progressing_then_healthy(app, &commit).await;
+    eprintln!("canary: Healthy {:.1} s after the push; health seen: {seen:?}", pushed.elapsed().as_secs_f64());
+    // Healthy means the canary serves its share: CanaryReady, both versions with ready pods.
+    let models: Api<MLModel> = Api::namespaced(client().await, "models-dev");
+    let iris = models.get("iris").await.unwrap();
+    let status = iris.status.as_ref().unwrap();
+    assert!(is_ready(&iris, Some("v1")), "{status:?}");
+    assert!(
+        status.condition(modelship_crds::condition::CANARY_READY).is_some_and(|c| c.status == "True"),
+        "{status:?}"
+    );
+    assert_eq!(status.canary_version.as_deref(), Some("v2"), "{status:?}");
+    let deployments: Api<Deployment> = Api::namespaced(client().await, "models-dev");
+    let canary = deployments.get("iris-canary").await.unwrap();
+    assert!(canary.status.and_then(|s| s.ready_replicas).unwrap_or(0) >= 1, "the canary Deployment has no ready pod");
+
+    // The revert is the canary's end: its Deployment goes, the model is Ready at v1 alone.
+    let revert = fork.revert_last();
+    refresh(app);
+    synced_and_healthy(app, Some(&revert)).await;
+    wait_for("the canary Deployment deleted and iris Ready at v1 alone", T, || async {
+        let iris = models.get("iris").await.ok()?;
+        let gone = deployments.get_opt("iris-canary").await.ok()?.is_none();
+        (gone && is_ready(&iris, Some("v1")) && iris.status.as_ref()?.canary_version.is_none()).then_some(())
+    })
+    .await;
+}
+
+/// `spec.replicas` of a Deployment or MLModel object, as JSON.
+fn replicas(obj: &Value) -> i64 {
+    obj["spec"]["replicas"].as_i64().unwrap_or(-1)
+}
+
+fn get_json(args: &[&str]) -> Option<Value> {
+    serde_json::from_str(&kubectl(&[&["get", "-o", "json"], args].concat()).ok()?).ok()
+}
+
+#[tokio::test]
+async fn hand_edits_are_reverted_the_mlmodel_by_argocd_its_deployment_by_the_operator() {
+    let Some(argo) = ArgoCd::from_env() else { return };
+    let _fork = installed(&argo).await;
+    let (app, ns) = ("modelship-models-dev", "models-dev");
+    let in_git = replicas(&get_json(&["-n", ns, "mlmodel", "iris"]).unwrap());
+
+    // Someone edits the MLModel in the cluster: Git holds the truth, ArgoCD's self-heal syncs it back.
+    let syncs_before = syncs(&argo, app).await;
+    reverted_after_hand_edit(&["-n", ns, "mlmodel", "iris"], in_git, "ArgoCD").await;
+    // The sync that reverted it is counted when it completes.
+    wait_for("ArgoCD's self-heal sync counted", T, || async { (syncs(&argo, app).await > syncs_before).then_some(()) })
+        .await;
+    synced_and_healthy(app, None).await;
+
+    // Someone scales the model's Deployment by hand: the MLModel says otherwise, the operator
+    // puts it back, and ArgoCD (which does not manage the operator's children) does not sync.
+    let syncs_before = syncs(&argo, app).await;
+    reverted_after_hand_edit(&["-n", ns, "deployment", "iris"], in_git, "the operator").await;
+    synced_and_healthy(app, None).await;
+    assert_eq!(syncs(&argo, app).await, syncs_before, "ArgoCD synced because of an edit of the operator's child");
+}
+
+/// Sets `spec.replicas` of the object by hand, as a person would, checks that the edit took, and
+/// waits until `by` has put it back to `desired`.
+async fn reverted_after_hand_edit(object: &[&str], desired: i64, by: &str) {
+    let patch = format!(r#"{{"spec":{{"replicas":{}}}}}"#, desired + 2);
+    let edited = Instant::now();
+    let out = kubectl(&[&["patch", "--type", "merge", "-o", "json", "-p", &patch], object].concat()).unwrap();
+    assert_eq!(replicas(&serde_json::from_str(&out).unwrap()), desired + 2, "the edit of {object:?} did not take");
+    wait_for(&format!("{by} to revert spec.replicas of {object:?} to {desired}"), T, || async {
+        (replicas(&get_json(object)?) == desired).then_some(())
+    })
+    .await;
+    eprintln!("{object:?}: the hand edit reverted by {by} in {:.1} s", edited.elapsed().as_secs_f64());
+}
+
+/// Sync operations ArgoCD ran for an Application (its controller's `argocd_app_sync_total`).
+async fn syncs(argo: &ArgoCd, app: &str) -> u64 {
+    metric_sum(argo, "argocd_app_sync_total", Some(app)).await
+}
+
+/// The sum of a metric's samples (of one Application, if given) on the application controller.
+async fn metric_sum(argo: &ArgoCd, name: &str, app: Option<&str>) -> u64 {
+    let text = reqwest::get(&argo.metrics).await.unwrap().text().await.unwrap();
+    let label = app.map(|a| format!("name=\"{a}\""));
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| label.as_ref().is_none_or(|label| l.contains(label.as_str())))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+const APPS: [&str; 4] = ["modelship-apps", "modelship", "modelship-models-dev", "modelship-models-prod"];
+
+async fn syncs_of_every_application(argo: &ArgoCd) -> Vec<u64> {
+    let mut all = Vec::new();
+    for app in APPS {
+        all.push(syncs(argo, app).await);
+    }
+    all
+}
+
+/// What must not change while nothing is committed: each Application's sync status and synced
+/// revision, and the identity and generation of every object the operator made for the models.
+fn snapshot() -> Vec<String> {
+    let mut seen = Vec::new();
+    for app in APPS {
+        let a = application(app).unwrap();
+        let (sync, _, at) = state(&a);
+        seen.push(format!("{app}: {sync} at {at}"));
+        for r in a["status"]["resources"].as_array().into_iter().flatten() {
+            seen.push(format!("{app}: {} {}/{} {}", r["kind"], r["namespace"], r["name"], r["status"]));
+        }
+    }
+    for ns in ["models-dev", "models-prod"] {
+        let list = get_json(&["-n", ns, "deployments,services", "-l", "modelship.dev/model"]).unwrap();
+        for o in list["items"].as_array().unwrap() {
+            let m = &o["metadata"];
+            seen.push(format!("{} {ns}/{} uid {} generation {}", o["kind"], m["name"], m["uid"], m["generation"]));
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn over_three_minutes_of_resyncs_every_application_stays_synced_and_nothing_is_fought_over_or_pruned() {
+    let Some(argo) = ArgoCd::from_env() else { return };
+    let _fork = installed(&argo).await;
+    let window = Duration::from_secs(
+        std::env::var("MODELSHIP_ARGOCD_NO_DIFF_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(180),
+    );
+    let before = snapshot();
+    assert!(before.iter().all(|l| !l.contains("OutOfSync")), "{before:#?}");
+    let reconciles = metric_sum(&argo, "argocd_app_reconcile_count", None).await;
+    let syncs_before = syncs_of_every_application(&argo).await;
+    let models: Api<MLModel> = Api::namespaced(client().await, "models-dev");
+    let status_writes = models.get("iris").await.unwrap().metadata.resource_version;
+
+    // Watched for the whole window, every 2 s: the first change fails the test.
+    let start = Instant::now();
+    while start.elapsed() < window {
+        let now = snapshot();
+        assert_eq!(now, before, "changed {:.0} s into the window", start.elapsed().as_secs_f64());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert_eq!(
+        syncs_of_every_application(&argo).await,
+        syncs_before,
+        "ArgoCD ran a sync of {APPS:?} with nothing committed"
+    );
+    // The window saw ArgoCD compare Git with the cluster (its 20 s resync) many times.
+    let compared = metric_sum(&argo, "argocd_app_reconcile_count", None).await - reconciles;
+    let resyncs = window.as_secs() / 20;
+    assert!(
+        compared >= resyncs * APPS.len() as u64,
+        "only {compared} reconciles of {} Applications in {window:?}",
+        APPS.len()
+    );
+    let iris = models.get("iris").await.unwrap();
+    eprintln!(
+        "{:?} of resyncs: {compared} reconciles by ArgoCD, no sync, nothing OutOfSync; iris resourceVersion {:?} → {:?}",
+        window, status_writes, iris.metadata.resource_version
+    );
 }
