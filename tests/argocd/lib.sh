@@ -49,10 +49,14 @@ stop() {
   rm -f "$pidfile"
 }
 
-# Reports that $1 failed, with the last lines of component $2's log, stops everything, exits 1.
+# Reports that $1 failed, with the last lines of component $2's log (if given), stops everything, exits 1.
 fail() {
-  log "$1; the last lines of $STATE/logs/$2.log:"
-  tail -20 "$STATE/logs/$2.log" >&2 || true
+  if [ -n "${2:-}" ]; then
+    log "$1; the last lines of $STATE/logs/$2.log:"
+    tail -20 "$STATE/logs/$2.log" >&2 || true
+  else
+    log "$1"
+  fi
   for c in "${COMPONENTS[@]}"; do stop "$c"; done
   exit 1
 }
