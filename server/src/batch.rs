@@ -5,18 +5,23 @@
 //! what `/predict` answers (a scikit-learn classifier's labels themselves).
 
 use std::fmt;
-use std::io::IsTerminal;
-use std::path::Path;
+use std::fs::File;
+use std::io::{self, BufReader, IsTerminal, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ndarray::{Array2, ArrayView2, Axis};
+use sha2::{Digest, Sha256};
 
 use crate::model::{InputError, Model, Predictions};
+use crate::shard::{self, Records, Shard};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
     #[error("{path}: {source}")]
     Csv { path: String, source: csv::Error },
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
     #[error("{0}")]
     Input(String),
 }
@@ -28,6 +33,11 @@ pub struct BatchReport {
     pub seconds: f64,
     /// Peak resident memory of this process, where the OS tells it (Linux).
     pub peak_rss_mib: Option<f64>,
+    /// The output file, complete: written under a temporary name and renamed once flushed.
+    pub output: PathBuf,
+    /// Its size and SHA-256 (hex), as written.
+    pub bytes: u64,
+    pub sha256: String,
 }
 
 impl fmt::Display for BatchReport {
@@ -71,11 +81,86 @@ pub struct BatchOptions {
     pub chunk_rows: usize,
     /// Threads scoring a chunk (0: as many as this process may use, cgroup CPU limits included).
     pub threads: usize,
+    /// The part of the input this run scores: the records that start in its share of the bytes.
+    pub shard: Shard,
 }
 
 impl Default for BatchOptions {
     fn default() -> Self {
-        Self { chunk_rows: 8192, threads: 0 }
+        Self { chunk_rows: 8192, threads: 0, shard: Shard::WHOLE }
+    }
+}
+
+/// A writer that hashes and counts what goes through it.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// An output file written under a temporary name beside it, renamed into place only by
+/// [`AtomicOutput::commit`]: a run that fails or is killed leaves no partial output under the
+/// real name, and a retried run replaces a complete one whole.
+pub struct AtomicOutput {
+    path: PathBuf,
+    tmp: PathBuf,
+    committed: bool,
+}
+
+impl AtomicOutput {
+    pub fn create(path: &Path) -> Result<(Self, File), BatchError> {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+        let file = File::create(&tmp).map_err(|source| BatchError::Io { path: tmp.display().to_string(), source })?;
+        Ok((Self { path: path.to_path_buf(), tmp, committed: false }, file))
+    }
+
+    /// Makes the file durable, then gives it its real name.
+    pub fn commit(mut self, file: File) -> Result<(), BatchError> {
+        let io = |source| BatchError::Io { path: self.path.display().to_string(), source };
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&self.tmp, &self.path).map_err(io)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for AtomicOutput {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Where a record of the input is, for error messages: a CSV line number when the whole file is
+/// read from its start, else the record's place in the shard and its byte offset in the file.
+struct Locator {
+    shard: Shard,
+    start: u64,
+}
+
+impl Locator {
+    fn row(&self, records_before: u64, reader_byte: Option<u64>) -> String {
+        if self.shard == Shard::WHOLE {
+            // The header is line 1 (a quoted newline makes this a record number, not a line).
+            return format!("row {}", records_before + 2);
+        }
+        let at = reader_byte.map(|b| format!(", byte {} of the file", self.start + b)).unwrap_or_default();
+        format!("shard {} of {}: record {}{at}", self.shard.index, self.shard.count, records_before + 1)
     }
 }
 
@@ -112,9 +197,11 @@ fn predict_split(model: &Model, x: ArrayView2<'_, f64>, threads: usize) -> Resul
     out.ok_or((0, InputError::Empty))
 }
 
-/// Scores `input` into `output`: every input column, then `prediction`.
+/// Scores `input` (its share `opts.shard`, all of it by default) into `output`: every input
+/// column, then `prediction`, under the input's header.
 pub fn score_csv(model: &Model, input: &Path, output: &Path, opts: BatchOptions) -> Result<BatchReport, BatchError> {
     let in_err = |source| BatchError::Csv { path: input.display().to_string(), source };
+    let in_io = |source| BatchError::Io { path: input.display().to_string(), source };
     let out_err = |source| BatchError::Csv { path: output.display().to_string(), source };
     let chunk_rows = opts.chunk_rows.max(1);
     let threads = match opts.threads {
@@ -122,10 +209,26 @@ pub fn score_csv(model: &Model, input: &Path, output: &Path, opts: BatchOptions)
         n => n,
     };
     let labels = model.labels();
-    let mut reader = csv::ReaderBuilder::new().buffer_capacity(1 << 20).from_path(input).map_err(in_err)?;
-    let mut writer = csv::WriterBuilder::new().buffer_capacity(1 << 20).from_path(output).map_err(out_err)?;
-    let headers = reader.byte_headers().map_err(in_err)?.clone();
+
+    // The header from the file's start, then only this shard's byte range of records.
+    let mut file = File::open(input).map_err(in_io)?;
+    let len = file.metadata().map_err(in_io)?.len();
+    let mut head = csv::ReaderBuilder::new().from_reader(BufReader::new(&mut file));
+    let headers = head.byte_headers().map_err(in_err)?.clone();
+    let data_start = head.position().byte();
+    drop(head);
+    let range = shard::byte_range(&mut file, len, data_start, Records::Csv, opts.shard).map_err(in_io)?;
+    file.seek(SeekFrom::Start(range.start)).map_err(in_io)?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .buffer_capacity(1 << 20)
+        .from_reader(file.take(range.end - range.start));
+    let at = Locator { shard: opts.shard, start: range.start };
+
     let cols = feature_columns(model, &csv::StringRecord::from_byte_record_lossy(headers.clone()))?;
+    let (atomic, out_file) = AtomicOutput::create(output)?;
+    let sink = Hashing { inner: out_file, hasher: Sha256::new(), bytes: 0 };
+    let mut writer = csv::WriterBuilder::new().buffer_capacity(1 << 20).from_writer(sink);
     let mut out_headers = headers.clone();
     out_headers.push_field(b"prediction");
     writer.write_byte_record(&out_headers).map_err(out_err)?;
@@ -145,8 +248,8 @@ pub fn score_csv(model: &Model, input: &Path, output: &Path, opts: BatchOptions)
                 let field = record.get(c).unwrap_or_default();
                 let v = fast_float(field).ok_or_else(|| {
                     BatchError::Input(format!(
-                        "row {}: column {} is not a finite number: {:?}",
-                        rows + chunk.len() as u64 + 2,
+                        "{}: column {} is not a finite number: {:?}",
+                        at.row(rows + chunk.len() as u64, record.position().map(|p| p.byte())),
                         c + 1,
                         String::from_utf8_lossy(field)
                     ))
@@ -159,9 +262,8 @@ pub fn score_csv(model: &Model, input: &Path, output: &Path, opts: BatchOptions)
             let x = Array2::from_shape_vec((chunk.len(), n), std::mem::take(&mut values))
                 .map_err(|e| BatchError::Input(e.to_string()))?;
             let predictions = predict_split(model, x.view(), threads).map_err(|(first, e)| {
-                // CSV line numbers: the header is line 1.
-                let from = rows + 2 + first as u64;
-                BatchError::Input(format!("rows {from}-{}: {e}", rows + 1 + chunk.len() as u64))
+                let from = at.row(rows + first as u64, chunk[first].position().map(|p| p.byte()));
+                BatchError::Input(format!("{from} and the {} rows after it: {e}", chunk.len() - first - 1))
             })?;
             for (i, rec) in chunk.iter_mut().enumerate() {
                 use std::fmt::Write;
@@ -187,9 +289,20 @@ pub fn score_csv(model: &Model, input: &Path, output: &Path, opts: BatchOptions)
             break;
         }
     }
-    writer.flush().map_err(|e| BatchError::Input(format!("{}: {e}", output.display())))?;
+    let sink = writer
+        .into_inner()
+        .map_err(|e| BatchError::Io { path: output.display().to_string(), source: e.into_error() })?;
+    let sha256 = hex::encode(sink.hasher.finalize());
+    atomic.commit(sink.inner)?;
     progress.done(rows, start);
-    Ok(BatchReport { rows, seconds: start.elapsed().as_secs_f64(), peak_rss_mib: peak_rss_mib() })
+    Ok(BatchReport {
+        rows,
+        seconds: start.elapsed().as_secs_f64(),
+        peak_rss_mib: peak_rss_mib(),
+        output: output.to_path_buf(),
+        bytes: sink.bytes,
+        sha256,
+    })
 }
 
 fn fast_float(field: &[u8]) -> Option<f64> {

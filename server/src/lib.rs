@@ -6,6 +6,7 @@
 pub mod artifact;
 pub mod atomic_histogram;
 pub mod batch;
+pub mod batch_output;
 pub mod error;
 pub mod features;
 pub mod http;
@@ -17,6 +18,7 @@ pub mod model;
 pub mod onnx;
 pub mod router;
 pub mod serve;
+pub mod shard;
 pub mod sklearn;
 pub mod train;
 pub mod v2;

@@ -9,7 +9,7 @@ use modelship_server::http::{AppState, Limits};
 use modelship_server::router::app;
 use modelship_server::serve::{ConnectionLimits, serve};
 use modelship_server::sklearn::format::DeclaredFormat;
-use modelship_server::{Model, batch, load, mlflow, train};
+use modelship_server::{Model, batch, batch_output, load, mlflow, train};
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -115,14 +115,29 @@ enum Command {
         sha256: Option<String>,
         #[arg(long)]
         input: PathBuf,
+        /// The scored CSV (written under a temporary name, renamed when complete).
+        #[arg(long, required_unless_present = "output_dir", conflicts_with = "output_dir")]
+        output: Option<PathBuf>,
+        /// A directory for this shard's part (`part-INDEX-of-COUNT.csv`) and its manifest; the
+        /// shard that completes the set writes `_SUCCESS`, listing every part's rows and SHA-256.
         #[arg(long)]
-        output: PathBuf,
+        output_dir: Option<PathBuf>,
+        /// Version label recorded in the manifests (default: the training time).
+        #[arg(long, env = "MODELSHIP_MODEL_VERSION")]
+        model_version: Option<String>,
         /// Rows scored per chunk.
         #[arg(long, default_value_t = 8192)]
         chunk_rows: usize,
         /// Threads scoring each chunk (0: as many CPUs as this process may use, container limits included).
         #[arg(long, env = "MODELSHIP_BATCH_THREADS", default_value_t = 0)]
         threads: usize,
+        /// Score only shard INDEX of --shard-count: the records that start in its share of the
+        /// input's bytes (an Indexed Job gives each pod its index as JOB_COMPLETION_INDEX).
+        #[arg(long, env = "JOB_COMPLETION_INDEX", default_value_t = 0)]
+        shard_index: u32,
+        /// How many shards the input is cut into; together they score every record exactly once.
+        #[arg(long, default_value_t = 1)]
+        shard_count: u32,
     },
     /// Print an artifact's metadata.
     Inspect { file: PathBuf },
@@ -262,14 +277,43 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Batch { model, sha256, input, output, chunk_rows, threads } => {
+        Command::Batch {
+            model,
+            sha256,
+            input,
+            output,
+            output_dir,
+            model_version,
+            chunk_rows,
+            threads,
+            shard_index,
+            shard_count,
+        } => {
+            let shard = modelship_server::shard::Shard::new(shard_index, shard_count)?;
             let artifact = load::load(&model, sha256.as_deref(), load::DEFAULT_MAX_MODEL_BYTES).await?;
-            let model = Model::new(artifact, None, None);
-            let report = tokio::task::spawn_blocking(move || {
-                batch::score_csv(&model, &input, &output, batch::BatchOptions { chunk_rows, threads })
+            let model = Model::new(artifact, None, model_version);
+            let output = match (&output, &output_dir) {
+                (Some(file), _) => file.clone(),
+                (None, Some(dir)) => {
+                    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+                    dir.join(batch_output::part_name(shard, "csv"))
+                }
+                (None, None) => unreachable!("clap requires --output or --output-dir"),
+            };
+            let (report, success) = tokio::task::spawn_blocking(move || {
+                let opts = batch::BatchOptions { chunk_rows, threads, shard };
+                let report = batch::score_csv(&model, &input, &output, opts)?;
+                let success = match &output_dir {
+                    Some(dir) => batch_output::complete(dir, shard, &report, &input.to_string_lossy(), &model.version)?,
+                    None => None,
+                };
+                Ok::<_, batch::BatchError>((report, success))
             })
             .await??;
             println!("{report}");
+            if let Some(done) = success {
+                println!("all {} shards done: {} rows; wrote {}", done.shards, done.rows, batch_output::SUCCESS);
+            }
             Ok(())
         }
         Command::Inspect { file } => {

@@ -142,18 +142,31 @@ fn train_from_csv_and_refuse_bad_csv() {
     assert!(!o.status.success());
 }
 
+/// A model trained on iris in `dir`, and `dir/in.csv`: `header`, then one line per iris row.
+fn iris_csv(
+    dir: &Path,
+    header: &str,
+    line: impl Fn(usize, ndarray::ArrayView1<'_, f64>) -> String,
+) -> (PathBuf, PathBuf) {
+    let model_path = train_iris(dir);
+    let mut text = format!("{header}\n");
+    for (i, r) in train::iris().records.outer_iter().enumerate() {
+        text.push_str(&line(i, r));
+        text.push('\n');
+    }
+    let input = dir.join("in.csv");
+    std::fs::write(&input, text).unwrap();
+    (model_path, input)
+}
+
 #[test]
 fn batch_scores_every_row_like_the_model_and_keeps_other_columns() {
     let dir = tmp("batch");
-    let model_path = train_iris(&dir);
-    let table = train::iris();
-    let input = dir.join("in.csv");
     // Columns in another order than the model's, plus an id column to carry through.
-    let mut text = String::from("petal_width,id,sepal_length,petal_length,sepal_width\n");
-    for (i, r) in table.records.outer_iter().enumerate() {
-        text.push_str(&format!("{},row-{i},{},{},{}\n", r[3], r[0], r[2], r[1]));
-    }
-    std::fs::write(&input, text).unwrap();
+    let (model_path, input) = iris_csv(&dir, "petal_width,id,sepal_length,petal_length,sepal_width", |i, r| {
+        format!("{},row-{i},{},{},{}", r[3], r[0], r[2], r[1])
+    });
+    let table = train::iris();
     let output = dir.join("out.csv");
     let o = batch(&model_path, &input, &output, &["--chunk-rows", "7"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -205,6 +218,86 @@ fn batch_on_several_threads_writes_what_one_thread_writes() {
     let classes: std::collections::BTreeSet<&str> = one.lines().skip(1).filter_map(|l| l.rsplit(',').next()).collect();
     assert_eq!(classes.len(), 3, "{classes:?}");
     assert!(one == three, "three threads wrote other predictions than one");
+}
+
+#[test]
+fn batch_shards_together_score_every_row_once_like_one_run() {
+    let dir = tmp("batch-shards");
+    // An id column with quoted newlines and quotes, which must stay inside their row.
+    let (model_path, input) = iris_csv(&dir, "id,sepal_length,sepal_width,petal_length,petal_width", |i, r| {
+        let id = if i % 3 == 0 { format!("\"row\n{i} \"\"q\"\"\"") } else { format!("row-{i}") };
+        format!("{id},{},{},{},{}", r[0], r[1], r[2], r[3])
+    });
+    let whole = dir.join("whole.csv");
+    let o = batch(&model_path, &input, &whole, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let records = |p: &Path| -> Vec<csv::StringRecord> {
+        csv::Reader::from_path(p).unwrap().records().map(|r| r.unwrap()).collect()
+    };
+    let want = records(&whole);
+    assert_eq!(want.len(), 150);
+    for count in [1u32, 2, 3, 7, 16] {
+        let mut union = Vec::new();
+        for index in 0..count {
+            let part = dir.join(format!("part-{index}-of-{count}.csv"));
+            let (i, n) = (index.to_string(), count.to_string());
+            let o = batch(&model_path, &input, &part, &["--shard-index", &i, "--shard-count", &n, "--chunk-rows", "5"]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            union.extend(records(&part));
+        }
+        assert_eq!(union, want, "{count} shards");
+    }
+    // As an Indexed Job's pods do: each index from JOB_COMPLETION_INDEX into one directory; the
+    // last to finish writes _SUCCESS, whose SHA-256s are those of the parts on disk.
+    let out = dir.join("run");
+    let out_dir = out.to_str().unwrap();
+    for index in [2, 0, 1] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_modelship-server"));
+        cmd.args(["batch", "--model", model_path.to_str().unwrap(), "--input", input.to_str().unwrap()]);
+        cmd.args(["--output-dir", out_dir, "--shard-count", "3", "--model-version", "v7"]);
+        let o = cmd.env("JOB_COMPLETION_INDEX", index.to_string()).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let said = String::from_utf8_lossy(&o.stdout).contains("all 3 shards done: 150 rows; wrote _SUCCESS");
+        assert_eq!(said, index == 1, "{}", String::from_utf8_lossy(&o.stdout));
+    }
+    let success: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
+    assert_eq!((success["rows"].as_u64(), success["modelVersion"].as_str()), (Some(150), Some("v7")));
+    let mut union = Vec::new();
+    for part in success["files"].as_array().unwrap() {
+        let path = out.join(part["file"].as_str().unwrap());
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(part["sha256"].as_str().unwrap(), modelship_server::load::sha256_hex(&bytes), "{path:?}");
+        union.extend(records(&path));
+    }
+    assert_eq!(union, want);
+
+    let o = batch(&model_path, &input, &whole, &["--shard-index", "4", "--shard-count", "4"]);
+    assert!(!o.status.success());
+    assert!(reason(&o).contains("shard index 4 is out of range for 4 shards"), "{}", reason(&o));
+}
+
+#[test]
+fn a_failed_batch_leaves_no_output_and_no_temporary_file() {
+    let dir = tmp("batch-atomic");
+    let model_path = train_iris(&dir);
+    let input = dir.join("in.csv");
+    let mut text = String::from("sepal_length,sepal_width,petal_length,petal_width\n");
+    for _ in 0..1000 {
+        text.push_str("5.1,3.5,1.4,0.2\n");
+    }
+    text.push_str("5.1,3.5,oops,0.2\n");
+    std::fs::write(&input, text).unwrap();
+    let out_dir = dir.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let output = out_dir.join("scored.csv");
+    let o = batch(&model_path, &input, &output, &["--chunk-rows", "100"]);
+    assert!(!o.status.success());
+    assert!(reason(&o).contains("row 1002"), "{}", reason(&o));
+    let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "a failed run left {left:?}");
+    // Shard 1 of 2 holds the bad row; its message says where in the file it is.
+    let o = batch(&model_path, &input, &output, &["--shard-index", "1", "--shard-count", "2"]);
+    assert!(reason(&o).contains("shard 1 of 2: record 500, byte"), "{}", reason(&o));
 }
 
 /// The last line of stderr: the one-line reason a pod's termination message shows.
