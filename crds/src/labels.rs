@@ -36,6 +36,13 @@ pub fn is_copyable(key: &str) -> bool {
         && key != "kubectl.kubernetes.io/last-applied-configuration"
 }
 
+/// The copyable labels of an MLModel or MLBatchJob (see [`is_copyable`]), for its children.
+pub fn copyable(
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> std::collections::BTreeMap<String, String> {
+    labels.into_iter().flatten().filter(|(k, _)| is_copyable(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

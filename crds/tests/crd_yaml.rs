@@ -9,12 +9,14 @@ fn checked_in(rel: &str) -> String {
 
 #[test]
 fn checked_in_crd_is_not_stale() {
-    let generated = modelship_crds::crd_yaml();
-    for copy in modelship_crds::CRD_COPIES {
-        assert!(
-            checked_in(copy) == generated,
-            "{copy} is stale: run `cargo run -p modelship-crds --bin crdgen -- --write`"
-        );
+    for (file, generated) in modelship_crds::crd_files() {
+        for dir in modelship_crds::CRD_DIRS {
+            let copy = format!("{dir}/{file}");
+            assert!(
+                checked_in(&copy) == generated,
+                "{copy} is stale: run `cargo run -p modelship-crds --bin crdgen -- --write`"
+            );
+        }
     }
 }
 

@@ -9,10 +9,8 @@ use k8s_openapi::api::autoscaling::v2::{
     ResourceMetricSource,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount,
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecretKeySelector, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -20,6 +18,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use modelship_crds::{MLModel, ModelSpec, ModelUri, ServerLimits, labels};
 use sha2::{Digest, Sha256};
+
+pub use crate::pod_spec::MODEL_MOUNT;
+use crate::pod_spec::{self, Delivery, delivery};
 
 /// Operator-wide settings the builders need.
 #[derive(Clone, Debug)]
@@ -73,12 +74,8 @@ pub struct RegistrySource {
 pub const DEFAULT_SERVER_PORT: i32 = 8080;
 /// Service port unless `spec.service.port` says otherwise.
 pub const DEFAULT_SERVICE_PORT: i32 = 80;
-/// Where ConfigMap and PVC model sources are mounted in the server container.
-pub const MODEL_MOUNT: &str = "/var/lib/modelship/model";
 /// Seconds a terminating pod keeps serving while reporting not-ready (endpoints catch up).
 pub const DRAIN_SECONDS: i64 = 5;
-/// The unprivileged UID/GID the server runs as (distroless `nonroot`).
-const NONROOT: i64 = 65532;
 
 /// Labels every child carries: ours plus the MLModel's own copyable labels, and the stable version.
 pub fn common_labels(model: &MLModel) -> BTreeMap<String, String> {
@@ -87,14 +84,7 @@ pub fn common_labels(model: &MLModel) -> BTreeMap<String, String> {
 
 fn labels_for_version(model: &MLModel, version: Option<&str>) -> BTreeMap<String, String> {
     let name = model.name_any();
-    let mut out: BTreeMap<String, String> = model
-        .metadata
-        .labels
-        .iter()
-        .flatten()
-        .filter(|(k, _)| labels::is_copyable(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut out = labels::copyable(model.metadata.labels.as_ref());
     out.insert(labels::MODEL.into(), name.clone());
     out.insert(labels::NAME.into(), name);
     out.insert(labels::COMPONENT.into(), "inference-server".into());
@@ -203,45 +193,6 @@ pub fn service_url(model: &MLModel) -> String {
     }
 }
 
-/// How the model reaches the container: the `--model` argument and any volume to mount.
-struct Delivery {
-    model_arg: String,
-    volume: Option<Volume>,
-}
-
-fn delivery(uri: &ModelUri) -> Delivery {
-    match uri {
-        ModelUri::ConfigMap { name, key } => Delivery {
-            model_arg: format!("{MODEL_MOUNT}/{key}"),
-            volume: Some(Volume {
-                name: "model".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: name.clone(),
-                    items: Some(vec![KeyToPath { key: key.clone(), path: key.clone(), mode: None }]),
-                    default_mode: Some(0o444),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-        },
-        ModelUri::Pvc { claim, path } => Delivery {
-            model_arg: format!("{MODEL_MOUNT}/{path}"),
-            volume: Some(Volume {
-                name: "model".into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: claim.clone(),
-                    read_only: Some(true),
-                }),
-                ..Default::default()
-            }),
-        },
-        ModelUri::Http(url) => Delivery { model_arg: url.clone(), volume: None },
-        ModelUri::File(path) => Delivery { model_arg: path.clone(), volume: None },
-        // The pinned reference: the server downloads it through the tracking server's artifact API.
-        ModelUri::Registry(r) => Delivery { model_arg: r.to_string(), volume: None },
-    }
-}
-
 /// The server's MLflow credentials, from the Secret `registry.credentialsSecret` names (each key
 /// optional: `username` and `password` for basic auth, or `token`). The operator never reads it.
 fn registry_env(served: &ModelSpec) -> Vec<EnvVar> {
@@ -284,7 +235,7 @@ pub fn rollout_hash(model: &MLModel, served: &ModelSpec, settings: &Settings, so
     hex::encode(&digest[..8])
 }
 
-fn default_resources() -> ResourceRequirements {
+pub fn default_resources() -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_string(), Quantity("100m".into())),
@@ -369,16 +320,10 @@ pub fn deployment(model: &MLModel, pods: &ServerPods<'_>, settings: &Settings) -
     let mut pod_labels = labels.clone();
     pod_labels.extend(selector_labels(model, pods.track));
 
-    let mut mounts = vec![VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() }];
-    let mut volumes =
-        vec![Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() }];
+    let (tmp, tmp_mount) = pod_spec::scratch();
+    let (mut volumes, mut mounts) = (vec![tmp], vec![tmp_mount]);
     if let Some(v) = volume {
-        mounts.push(VolumeMount {
-            name: "model".into(),
-            mount_path: MODEL_MOUNT.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        mounts.push(Delivery::mount());
         volumes.push(v);
     }
 
@@ -398,16 +343,7 @@ pub fn deployment(model: &MLModel, pods: &ServerPods<'_>, settings: &Settings) -
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
         volume_mounts: Some(mounts),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(NONROOT),
-            run_as_group: Some(NONROOT),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
-            ..Default::default()
-        }),
+        security_context: Some(pod_spec::container_security_context()),
         ..Default::default()
     };
 
@@ -441,17 +377,7 @@ pub fn deployment(model: &MLModel, pods: &ServerPods<'_>, settings: &Settings) -
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(30),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(NONROOT),
-                        run_as_group: Some(NONROOT),
-                        fs_group: Some(NONROOT),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(pod_spec::pod_security_context()),
                     ..Default::default()
                 }),
             },

@@ -3,6 +3,7 @@
 
 pub mod api_requests;
 pub mod apply;
+pub mod batch;
 pub mod caches;
 pub mod desired;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod observe;
 pub mod ownership;
 pub mod plan;
+pub mod pod_spec;
 pub mod reconcile;
 pub mod registry;
 pub mod rollback;

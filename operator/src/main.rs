@@ -189,7 +189,10 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         .debounce(std::time::Duration::from_millis(flags.debounce_ms));
     info!(namespace = flags.namespace.as_deref().unwrap_or("<all>"), server_image = %flags.server_image, %identity, "operator started");
 
-    let run = Run { caches, ctx, config: controller_config, grace: lease_config.stop_grace };
+    let batch = modelship_operator::batch::controller::available(&client, flags.namespace.as_deref())
+        .await
+        .then(|| (client.clone(), flags.namespace.clone()));
+    let run = Run { caches, ctx, config: controller_config, grace: lease_config.stop_grace, batch };
     let Some(mut elector) = elector else {
         gate.open();
         run.controller(shutdown).await;
@@ -271,6 +274,8 @@ struct Run {
     ctx: Arc<Context>,
     config: ControllerConfig,
     grace: std::time::Duration,
+    /// The MLBatchJob controller's watch client and namespace, when the cluster serves MLBatchJobs.
+    batch: Option<(Client, Option<String>)>,
 }
 
 impl Run {
@@ -280,14 +285,29 @@ impl Run {
     /// ended on its own.
     async fn controller<S>(&self, stop: impl std::future::Future<Output = S> + Send + 'static) -> Option<S> {
         info!(models = self.caches.models.state().len(), "starting controller");
+        use futures::FutureExt;
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let stopping = async move {
+            let _ = stopping_rx.await;
+        }
+        .boxed()
+        .shared();
+        let batch = match self.batch.clone() {
+            Some((client, ns)) => modelship_operator::batch::controller::run(
+                client,
+                ns,
+                self.ctx.clone(),
+                self.config.clone(),
+                stopping.clone(),
+            )
+            .boxed(),
+            None => futures::future::ready(()).boxed(),
+        };
         let controller = Controller::for_shared_stream(futures::stream::pending(), self.caches.models.clone())
             .with_config(self.config.clone())
             .reconcile_on(self.caches.subscribe())
             .reconcile_all_on(futures::stream::once(async {}))
-            .graceful_shutdown_on(async move {
-                let _ = stopping_rx.await;
-            })
+            .graceful_shutdown_on(stopping)
             .run(reconcile::reconcile, reconcile::error_policy, self.ctx.clone())
             .for_each(|res| async move {
                 match res {
@@ -296,7 +316,7 @@ impl Run {
                 }
             });
         let why = leader::run_until_stopped(
-            controller,
+            futures::future::join(controller, batch).map(|_| ()),
             stop,
             move || {
                 let _ = stopping_tx.send(());

@@ -8,9 +8,9 @@ use modelship_crds::MLModel;
 
 use crate::error::Error;
 
-/// Whether `meta` carries `model`'s controller ownerReference.
-pub fn is_controlled_by(meta: &ObjectMeta, model: &MLModel) -> bool {
-    let Some(uid) = model.uid() else { return false };
+/// Whether `meta` carries `owner`'s controller ownerReference (an MLModel's, an MLBatchJob's).
+pub fn is_controlled_by<K: kube::Resource>(meta: &ObjectMeta, owner: &K) -> bool {
+    let Some(uid) = owner.uid() else { return false };
     meta.owner_references.iter().flatten().any(|o| o.uid == uid && o.controller == Some(true))
 }
 

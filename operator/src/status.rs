@@ -102,7 +102,7 @@ pub struct CanaryObserved<'a> {
     pub rolled_back: Option<&'a str>,
 }
 
-fn condition(
+pub fn condition(
     type_: &str,
     status: bool,
     reason: &str,

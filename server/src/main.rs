@@ -176,13 +176,19 @@ const TERMINATION_LOG: &str = "/dev/termination-log";
 fn fail(reason: String) -> ! {
     error!(%reason, "modelship-server failed");
     eprintln!("modelship-server: {reason}");
+    termination_log(&format!("modelship-server: {reason}"));
+    std::process::exit(1)
+}
+
+/// Writes `line` to the termination log, when there is one (in a pod: the kubelet creates it and
+/// copies it into the container's terminated state, where the operator reads it).
+fn termination_log(line: &str) {
     let path = std::env::var_os("MODELSHIP_TERMINATION_LOG").map_or_else(|| TERMINATION_LOG.into(), PathBuf::from);
     // Only an existing file: outside a pod, never create one under /dev.
     if let Ok(mut f) = std::fs::OpenOptions::new().write(true).truncate(true).open(&path) {
         use std::io::Write;
-        let _ = writeln!(f, "modelship-server: {reason}");
+        let _ = writeln!(f, "{line}");
     }
-    std::process::exit(1)
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -311,6 +317,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             })
             .await??;
             println!("{report}");
+            // What a batch Job's operator reads from the pod: this shard's rows and part.
+            let part = report.output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            termination_log(
+                &serde_json::json!({
+                    "shard": shard_index, "shards": shard_count, "rows": report.rows,
+                    "file": part, "sha256": report.sha256, "complete": success.is_some(),
+                })
+                .to_string(),
+            );
             if let Some(done) = success {
                 println!("all {} shards done: {} rows; wrote {}", done.shards, done.rows, batch_output::SUCCESS);
             }

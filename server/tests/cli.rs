@@ -251,15 +251,26 @@ fn batch_shards_together_score_every_row_once_like_one_run() {
     // last to finish writes _SUCCESS, whose SHA-256s are those of the parts on disk.
     let out = dir.join("run");
     let out_dir = out.to_str().unwrap();
+    let mut shard_rows = 0;
     for index in [2, 0, 1] {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_modelship-server"));
         cmd.args(["batch", "--model", model_path.to_str().unwrap(), "--input", input.to_str().unwrap()]);
         cmd.args(["--output-dir", out_dir, "--shard-count", "3", "--model-version", "v7"]);
+        // The kubelet creates the termination log; the shard reports itself there for the operator.
+        let log = dir.join(format!("termination-log-{index}"));
+        std::fs::write(&log, "").unwrap();
+        cmd.env("MODELSHIP_TERMINATION_LOG", &log);
         let o = cmd.env("JOB_COMPLETION_INDEX", index.to_string()).output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let said = String::from_utf8_lossy(&o.stdout).contains("all 3 shards done: 150 rows; wrote _SUCCESS");
         assert_eq!(said, index == 1, "{}", String::from_utf8_lossy(&o.stdout));
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&log).unwrap()).unwrap();
+        assert_eq!((report["shard"].as_u64(), report["shards"].as_u64()), (Some(index), Some(3)), "{report}");
+        assert_eq!(report["file"], format!("part-{index:05}-of-00003.csv"));
+        assert_eq!(report["complete"], index == 1);
+        shard_rows += report["rows"].as_u64().unwrap();
     }
+    assert_eq!(shard_rows, 150, "the shards' reports add up to every row");
     let success: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
     assert_eq!((success["rows"].as_u64(), success["modelVersion"].as_str()), (Some(150), Some("v7")));
     let mut union = Vec::new();

@@ -89,14 +89,22 @@ pub fn tool(var: &str) -> PathBuf {
     path
 }
 
-/// Installs the MLModel CRD (server-side, idempotent) and waits until it is established.
+/// Installs the CRDs (server-side, idempotent) and waits until they are established.
 pub async fn install_crd() {
     static CRD: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     CRD.get_or_init(|| async {
-        let crd = root().join("crds/mlmodel.yaml");
-        kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &crd.to_string_lossy()]).expect("install CRD");
-        kubectl(&["wait", "--for=condition=Established", "crd/mlmodels.modelship.dev", "--timeout=60s"])
-            .expect("CRD established");
+        for (file, _) in modelship_crds::crd_files() {
+            let crd = root().join("crds").join(file);
+            kubectl(&["apply", "--server-side", "--force-conflicts", "-f", &crd.to_string_lossy()])
+                .expect("install CRD");
+        }
+        for crd in ["crd/mlmodels.modelship.dev", "crd/mlbatchjobs.modelship.dev"] {
+            // A CRD created a moment ago may have no conditions yet: `kubectl wait` fails at once then.
+            wait_for(crd, Duration::from_secs(60), || async {
+                kubectl(&["wait", "--for=condition=Established", crd, "--timeout=10s"]).ok()
+            })
+            .await;
+        }
     })
     .await;
 }
@@ -221,13 +229,13 @@ impl TestNamespace {
             "-n",
             &self.name,
             "get",
-            "mlmodels,deployments,replicasets,services,pods,hpa,configmaps,events",
+            "mlmodels,mlbatchjobs,deployments,replicasets,jobs,cronjobs,services,pods,hpa,configmaps,pvc,events",
             "-o",
             "wide",
         ])
         .unwrap_or_else(|e| e.to_string());
-        let yaml =
-            kubectl(&["-n", &self.name, "get", "mlmodels,deployments", "-o", "yaml"]).unwrap_or_else(|e| e.to_string());
+        let yaml = kubectl(&["-n", &self.name, "get", "mlmodels,mlbatchjobs,deployments,jobs", "-o", "yaml"])
+            .unwrap_or_else(|e| e.to_string());
         format!("{all}\n{yaml}")
     }
 }

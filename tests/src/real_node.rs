@@ -47,6 +47,20 @@ pub async fn namespace(client: &Client, prefix: &str) -> TestNamespace {
     ns
 }
 
+/// A client, the CRDs, a namespace on the real node and an operator for it; `None` (the test
+/// returns early, saying why) where the cluster has no real node, e.g. on kind.
+pub async fn setup(prefix: &str) -> Option<(Client, TestNamespace, crate::Operator)> {
+    if !enabled() {
+        eprintln!("skipped: no real node (MODELSHIP_REAL_NODE=1 tests/cluster/up adds one; tests/run does)");
+        return None;
+    }
+    let c = crate::client().await;
+    crate::install_crd().await;
+    let ns = namespace(&c, prefix).await;
+    let op = crate::Operator::start(&crate::OperatorOptions::for_namespace(&ns.name));
+    Some((c, ns, op))
+}
+
 /// Where the kernel would send a packet for `addr`, without sending one: `Ok` with the route
 /// when it is a local device or a blackhole, an error naming the route otherwise (for example
 /// the default gateway, which would take the packet off the machine).

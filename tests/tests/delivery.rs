@@ -71,6 +71,12 @@ const ALLOWED: &[(&str, &str)] = &[
     ("list", "mlmodels.modelship.dev"),
     ("watch", "mlmodels.modelship.dev"),
     ("patch", "mlmodels.modelship.dev --subresource=status"),
+    ("watch", "mlbatchjobs.modelship.dev"),
+    ("patch", "mlbatchjobs.modelship.dev --subresource=status"),
+    ("create", "jobs.batch"),
+    ("list", "jobs.batch"),
+    ("patch", "cronjobs.batch"),
+    ("delete", "cronjobs.batch"),
     ("create", "deployments.apps"),
     ("patch", "deployments.apps"),
     ("watch", "deployments.apps"),
@@ -93,6 +99,10 @@ const ALLOWED: &[(&str, &str)] = &[
 /// What it must never do: write a spec (GitOps holds it), touch secrets, act outside its objects.
 const DENIED: &[(&str, &str)] = &[
     ("update", "mlmodels.modelship.dev"),
+    ("patch", "mlbatchjobs.modelship.dev"),
+    ("update", "mlbatchjobs.modelship.dev --subresource=status"),
+    ("patch", "jobs.batch"),
+    ("delete", "jobs.batch"),
     ("patch", "mlmodels.modelship.dev"),
     ("delete", "mlmodels.modelship.dev"),
     ("create", "mlmodels.modelship.dev"),

@@ -15,24 +15,13 @@ use modelship_crds::MLModel;
 use modelship_tests::mlflow::Mlflow;
 use modelship_tests::real_node::{self, NODE, POD_GATEWAY};
 use modelship_tests::{
-    Operator, OperatorOptions, TestNamespace, client, install_crd, kubectl, kubectl_stdin, root, wait_for, wait_ready,
+    TestNamespace, client, install_crd, kubectl, kubectl_stdin, root, wait_for, wait_ready,
 };
 
 /// Real containers start slower than kwok's fakes; generous on a busy 2-core machine.
 const T: Duration = Duration::from_secs(120);
 
-/// `None` (the test returns early, saying why) where the cluster has no real node, e.g. on kind.
-async fn setup(prefix: &str) -> Option<(Client, TestNamespace, Operator)> {
-    if !real_node::enabled() {
-        eprintln!("skipped: no real node (MODELSHIP_REAL_NODE=1 tests/cluster/up adds one; tests/run does)");
-        return None;
-    }
-    let c = client().await;
-    install_crd().await;
-    let ns = real_node::namespace(&c, prefix).await;
-    let op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
-    Some((c, ns, op))
-}
+use real_node::setup;
 
 /// Applies examples/iris.yaml in the namespace and waits until it is Ready.
 async fn iris_ready(c: &Client, ns: &TestNamespace) -> Api<MLModel> {

@@ -1,17 +1,21 @@
-//! Writes the MLModel CRD YAML to stdout, or to every checked-in copy with `--write`.
+//! Writes the CRD YAML (every kind) to stdout, or to every checked-in copy with `--write`.
 
 use std::path::Path;
 
 fn main() -> std::io::Result<()> {
-    let yaml = modelship_crds::crd_yaml();
+    let files = modelship_crds::crd_files();
     if std::env::args().any(|a| a == "--write") {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        for copy in modelship_crds::CRD_COPIES {
-            std::fs::write(root.join(copy), &yaml)?;
-            eprintln!("wrote {copy}");
+        for dir in modelship_crds::CRD_DIRS {
+            for (file, yaml) in &files {
+                std::fs::write(root.join(dir).join(file), yaml)?;
+                eprintln!("wrote {dir}/{file}");
+            }
         }
     } else {
-        print!("{yaml}");
+        for (_, yaml) in &files {
+            print!("{yaml}");
+        }
     }
     Ok(())
 }

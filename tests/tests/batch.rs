@@ -1,0 +1,425 @@
+//! MLBatchJobs on the local cluster: admission refuses bad specs naming the field; a run is an
+//! Indexed Job of its shards; on the real node the shards really run our server image over a
+//! PVC-backed dataset, and the union of their parts equals one `modelship-server batch` run.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use modelship_crds::MLBatchJob;
+use modelship_tests::real_node;
+use modelship_tests::{
+    Operator, OperatorOptions, TestNamespace, binary, kubectl, kubectl_stdin, patch_mlmodel, root, setup, wait_for,
+    wait_ready,
+};
+use serde::Deserialize;
+
+/// Real pods start slower than kwok's; generous on a busy 2-core machine.
+const T: Duration = Duration::from_secs(180);
+
+fn apply(ns: &str, yaml: &str) -> anyhow::Result<String> {
+    kubectl_stdin(&["apply", "--server-side", "-n", ns, "-f", "-"], Some(yaml))
+}
+
+fn batch_yaml(name: &str, spec: &str) -> String {
+    format!("apiVersion: modelship.dev/v1alpha1\nkind: MLBatchJob\nmetadata:\n  name: {name}\nspec:\n{spec}")
+}
+
+const IO: &str = "  input: {uri: pvc://data/in/iris.csv}\n  output: {uri: pvc://data/out}\n";
+const MODEL: &str = "  model: {uri: configmap://iris-model/model.json, version: v1}\n";
+
+#[tokio::test]
+async fn bad_specs_are_refused_at_admission_with_the_field_named() {
+    let (_c, ns) = setup("batch-admission").await;
+    let cases = [
+        ("no-input", format!("{MODEL}  output: {{uri: pvc://data/out}}\n"), "spec.input: Required value"),
+        (
+            "format",
+            format!("{MODEL}{IO}").replace("iris.csv}", "iris.csv, format: xlsx}"),
+            "spec.input.format: Unsupported value: \"xlsx\"",
+        ),
+        (
+            "shards",
+            format!("{MODEL}{IO}  shards: 0\n"),
+            "spec.shards: Invalid value: 0: spec.shards in body should be greater than or equal to 1",
+        ),
+        (
+            "cron",
+            format!("{MODEL}{IO}  schedule: every night\n"),
+            "spec.schedule: Invalid value: \"string\": must be a cron schedule",
+        ),
+        (
+            "two-models",
+            format!("{MODEL}{IO}  modelRef: {{name: iris}}\n"),
+            "set exactly one of spec.model and spec.modelRef",
+        ),
+        ("no-model", IO.to_string(), "set exactly one of spec.model and spec.modelRef"),
+        (
+            "input-scheme",
+            format!("{MODEL}{IO}").replace("pvc://data/in/iris.csv", "s3://bucket/iris.csv"),
+            "spec.input.uri: Invalid value: \"string\": must be pvc://CLAIM/PATH",
+        ),
+        (
+            "escape",
+            format!("{MODEL}{IO}").replace("pvc://data/out", "pvc://data/../etc"),
+            "spec.output.uri: Invalid value: \"string\": must be pvc://CLAIM/DIR",
+        ),
+        ("retries", format!("{MODEL}{IO}  retriesPerShard: 11\n"), "spec.retriesPerShard: Invalid value: 11"),
+    ];
+    for (name, spec, want) in cases {
+        let err = apply(&ns.name, &batch_yaml(name, &spec)).expect_err(name).to_string();
+        assert!(err.contains(want), "{name}: expected {want:?} in {err}");
+    }
+    let long = "a".repeat(53);
+    let err = apply(&ns.name, &batch_yaml(&long, &format!("{MODEL}{IO}"))).expect_err("long name").to_string();
+    assert!(err.contains("metadata.name must be a DNS-1035 label of at most 52 characters"), "{err}");
+    // The same spec, valid: accepted (so each refusal above is for its one field).
+    apply(&ns.name, &batch_yaml("ok", &format!("{MODEL}{IO}  schedule: \"@daily\"\n"))).unwrap();
+    let printed = kubectl(&["get", "mlb", "-n", &ns.name]).unwrap();
+    let header: Vec<_> = printed.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "MODEL", "LAST", "RUN", "ROWS", "STATUS", "AGE"], "{printed}");
+}
+
+async fn batch_job(c: &Client, ns: &str, name: &str, what: &str, check: impl Fn(&MLBatchJob) -> bool) -> MLBatchJob {
+    let api: Api<MLBatchJob> = Api::namespaced(c.clone(), ns);
+    wait_for(what, T, || async { api.get_opt(name).await.ok().flatten().filter(|b| check(b)) }).await
+}
+
+fn result(b: &MLBatchJob) -> Option<&str> {
+    Some(b.status.as_ref()?.last_run.as_ref()?.result.as_str())
+}
+
+#[tokio::test]
+async fn a_run_is_an_indexed_job_of_its_shards_and_a_schedule_a_cron_job() {
+    let (c, ns) = setup("batch-shape").await;
+    let _op = Operator::start(&OperatorOptions::for_namespace(&ns.name));
+    let spec = format!("{MODEL}{IO}  shards: 5\n  parallelism: 2\n  retriesPerShard: 3\n  deadlineSeconds: 900\n");
+    apply(&ns.name, &batch_yaml("nightly", &spec)).unwrap();
+    let b = batch_job(&c, &ns.name, "nightly", "the run's Job in status", |b| result(b).is_some()).await;
+    let run = b.status.as_ref().unwrap().last_run.clone().unwrap();
+    assert!(run.job.starts_with("nightly-"), "{run:?}");
+    assert_eq!(run.output.as_deref(), Some(format!("pvc://data/out/{}/", run.job).as_str()));
+    let jobs: Api<Job> = Api::namespaced(c.clone(), &ns.name);
+    let job = jobs.get(&run.job).await.unwrap();
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
+    assert_eq!((spec.completions, spec.parallelism, spec.backoff_limit_per_index), (Some(5), Some(2), Some(3)));
+    assert_eq!(spec.active_deadline_seconds, Some(900));
+    let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("MLBatchJob", "nightly", Some(true)));
+    let pod = spec.template.spec.as_ref().unwrap();
+    let sc = pod.containers[0].security_context.as_ref().unwrap();
+    assert_eq!(
+        (sc.run_as_non_root, sc.read_only_root_filesystem, sc.allow_privilege_escalation),
+        (Some(true), Some(true), Some(false))
+    );
+    assert_eq!(b.status.as_ref().unwrap().model.as_ref().unwrap().version.as_deref(), Some("v1"));
+
+    // The same spec re-applied is the same run: no second Job.
+    apply(
+        &ns.name,
+        &batch_yaml(
+            "nightly",
+            &format!("{MODEL}{IO}  shards: 5\n  parallelism: 2\n  retriesPerShard: 3\n  deadlineSeconds: 900\n"),
+        ),
+    )
+    .unwrap();
+    let labelled = ListParams::default().labels("modelship.dev/batch-job=nightly");
+    assert_eq!(jobs.list(&labelled).await.unwrap().items.len(), 1);
+
+    // A schedule: a CronJob with the policy and history limits, its template the same Job.
+    let cron_spec = format!(
+        "{MODEL}{IO}  shards: 3\n  schedule: \"0 2 * * *\"\n  concurrencyPolicy: Replace\n  failedRunsHistoryLimit: 4\n"
+    );
+    apply(&ns.name, &batch_yaml("scheduled", &cron_spec)).unwrap();
+    let crons: Api<CronJob> = Api::namespaced(c.clone(), &ns.name);
+    let cron = wait_for("the CronJob", T, || async { crons.get_opt("scheduled").await.ok().flatten() }).await;
+    let cs = cron.spec.unwrap();
+    assert_eq!((cs.schedule.as_str(), cs.concurrency_policy.as_deref()), ("0 2 * * *", Some("Replace")));
+    assert_eq!((cs.successful_jobs_history_limit, cs.failed_jobs_history_limit), (Some(3), Some(4)));
+    let template = cs.job_template.spec.unwrap();
+    assert_eq!((template.completion_mode.as_deref(), template.completions), (Some("Indexed"), Some(3)));
+    let b = batch_job(&c, &ns.name, "scheduled", "Scheduled status", |b| {
+        b.status.as_ref().is_some_and(|s| s.cron_job.as_deref() == Some("scheduled"))
+    })
+    .await;
+    assert!(b.status.unwrap().conditions.iter().all(|c| c.status == "False" && c.reason == "Scheduled"));
+
+    // A schedule removed: the CronJob goes.
+    apply(&ns.name, &batch_yaml("scheduled", &format!("{MODEL}{IO}  shards: 3\n"))).unwrap();
+    wait_for("the CronJob deleted", T, || async {
+        crons.get_opt("scheduled").await.ok().flatten().is_none().then_some(())
+    })
+    .await;
+}
+
+/// A PersistentVolume on this machine (hostPath) bound to the claim `data` of the namespace,
+/// writable by the server's non-root user. Dropped: the PV is deleted (the namespace takes the claim).
+struct Dataset {
+    dir: PathBuf,
+    pv: String,
+}
+
+impl Dataset {
+    fn new(ns: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("modelship-batch-{ns}"));
+        std::fs::create_dir_all(dir.join("in")).unwrap();
+        std::fs::create_dir_all(dir.join("out")).unwrap();
+        for d in [dir.clone(), dir.join("in"), dir.join("out")] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let pv = format!("data-{ns}");
+        let yaml = format!(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata:\n  name: {pv}\nspec:\n  capacity: {{storage: 1Gi}}\n  \
+             accessModes: [ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Retain\n  storageClassName: \"\"\n  \
+             hostPath: {{path: {}, type: Directory}}\n  claimRef: {{namespace: {ns}, name: data}}\n---\n\
+             apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: data\n  namespace: {ns}\nspec:\n  \
+             accessModes: [ReadWriteOnce]\n  storageClassName: \"\"\n  volumeName: {pv}\n  resources: {{requests: {{storage: 1Gi}}}}\n",
+            dir.display()
+        );
+        kubectl_stdin(&["apply", "-f", "-"], Some(&yaml)).unwrap();
+        kubectl(&["wait", "-n", ns, "pvc/data", "--for=jsonpath={.status.phase}=Bound", "--timeout=60s"]).unwrap();
+        Self { dir, pv }
+    }
+
+    /// Writes `in/NAME`: a header and `rows` iris-shaped rows, some ids with quoted newlines;
+    /// `bad_last` makes the last row's value unreadable.
+    fn write_input(&self, name: &str, rows: usize, bad_last: bool) -> PathBuf {
+        let mut text = String::from("id,sepal_length,sepal_width,petal_length,petal_width\n");
+        for i in 0..rows {
+            let f = |k: usize, lo: f64, span: f64| lo + ((i * 7919 + k * 104729) % 1000) as f64 / 1000.0 * span;
+            let id = if i % 10 == 0 { format!("\"row\n{i}\"") } else { format!("row-{i}") };
+            let petal = if bad_last && i + 1 == rows { "oops".to_string() } else { format!("{:.2}", f(2, 1.0, 5.9)) };
+            text.push_str(&format!("{id},{:.2},{:.2},{petal},{:.2}\n", f(0, 4.3, 3.6), f(1, 2.0, 2.4), f(3, 0.1, 2.4)));
+        }
+        let path = self.dir.join("in").join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Dataset {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "pv", &self.pv, "--wait=false"]);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Records of a CSV file (header excluded).
+fn records(path: &Path) -> Vec<csv::StringRecord> {
+    csv::Reader::from_path(path).unwrap().records().map(|r| r.unwrap()).collect()
+}
+
+/// The iris model of examples/iris.yaml, as a file.
+fn iris_model_file(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(root().join("examples/iris.yaml")).unwrap();
+    let json = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .find(|d| d["kind"] == "ConfigMap")
+        .and_then(|d| d["data"]["model.json"].as_str().map(str::to_string))
+        .unwrap();
+    let path = dir.join("model.json");
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+async fn real_setup(prefix: &str) -> Option<(Client, TestNamespace, Operator, Dataset)> {
+    let (c, ns, op) = real_node::setup(prefix).await?;
+    let data = Dataset::new(&ns.name);
+    // The model's ConfigMap only (the example's MLModel is not needed here).
+    let example = root().join("examples/iris.yaml");
+    kubectl(&[
+        "apply",
+        "-n",
+        &ns.name,
+        "-l",
+        "app.kubernetes.io/part-of=modelship-examples",
+        "-f",
+        example.to_str().unwrap(),
+    ])
+    .unwrap();
+    Some((c, ns, op, data))
+}
+
+async fn shard_pods(c: &Client, ns: &str, job: &str) -> Vec<(String, String)> {
+    let pods: Api<Pod> = Api::namespaced(c.clone(), ns);
+    let list = pods.list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}"))).await.unwrap();
+    list.items
+        .iter()
+        .map(|p| {
+            let a = p.metadata.annotations.clone().unwrap_or_default();
+            (
+                a.get("batch.kubernetes.io/job-completion-index").cloned().unwrap_or_default(),
+                p.status.clone().unwrap_or_default().phase.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn shards_on_the_real_node_score_every_row_once_like_one_run() {
+    let Some((c, ns, _op, data)) = real_setup("batch-real").await else { return };
+    let input = data.write_input("iris.csv", 3000, false);
+    apply(&ns.name, &batch_yaml("score", &format!("{MODEL}{IO}  shards: 3\n  parallelism: 3\n  chunkRows: 256\n")))
+        .unwrap();
+    let b = batch_job(&c, &ns.name, "score", "the run Complete", |b| result(b) == Some("Complete")).await;
+    let status = b.status.unwrap();
+    let run = status.last_run.unwrap();
+    assert_eq!(
+        (run.rows, run.shards_succeeded, run.shards_failed, run.shards.as_str()),
+        (3000, 3, 0, "3/3"),
+        "{run:?}"
+    );
+    assert_eq!(run.output_manifest, Some(format!("pvc://data/out/{}/_SUCCESS", run.job)));
+    assert!(run.start_time.is_some() && run.completion_time.is_some());
+    let complete = status.conditions.iter().find(|c| c.type_ == "Complete").unwrap();
+    assert_eq!((complete.status.as_str(), complete.reason.as_str()), ("True", "AllShardsSucceeded"));
+    assert_eq!(status.model.unwrap().version.as_deref(), Some("v1"));
+
+    // The parts, in index order, are one run of the same binary over the whole file.
+    let out = data.dir.join("out").join(&run.job);
+    let success: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
+    assert_eq!(
+        (success["rows"].as_u64(), success["shards"].as_u64(), success["modelVersion"].as_str()),
+        (Some(3000), Some(3), Some("v1"))
+    );
+    let mut union = Vec::new();
+    for part in success["files"].as_array().unwrap() {
+        union.extend(records(&out.join(part["file"].as_str().unwrap())));
+    }
+    let whole = data.dir.join("whole.csv");
+    let model = iris_model_file(&data.dir);
+    modelship_tests::run(
+        &binary("modelship-server"),
+        &[
+            "batch",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            whole.to_str().unwrap(),
+        ],
+        None,
+    )
+    .unwrap();
+    let want = records(&whole);
+    assert_eq!(want.len(), 3000);
+    assert!(union == want, "the shards' union differs from one run over the file");
+    let mut indexes: Vec<_> = shard_pods(&c, &ns.name, &run.job).await.into_iter().map(|(i, _)| i).collect();
+    indexes.sort();
+    assert_eq!(indexes, ["0", "1", "2"], "one pod per shard, none retried");
+    // The operator's events (events.k8s.io), about this MLBatchJob.
+    let selector = "regarding.kind=MLBatchJob,regarding.name=score";
+    let events = kubectl(&[
+        "get",
+        "events.events.k8s.io",
+        "-n",
+        &ns.name,
+        "--field-selector",
+        selector,
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ])
+    .unwrap();
+    assert!(events.contains("Started") && events.contains("Completed"), "{events}");
+}
+
+#[tokio::test]
+async fn a_failing_shard_is_retried_alone_and_named_in_status_with_no_partial_rows() {
+    let Some((c, ns, _op, data)) = real_setup("batch-fail").await else { return };
+    data.write_input("iris.csv", 900, true);
+    apply(&ns.name, &batch_yaml("score", &format!("{MODEL}{IO}  shards: 3\n  retriesPerShard: 1\n"))).unwrap();
+    let b = batch_job(&c, &ns.name, "score", "the run Failed", |b| result(b) == Some("Failed")).await;
+    let status = b.status.unwrap();
+    let run = status.last_run.unwrap();
+    assert_eq!((run.shards_succeeded, run.shards_failed), (2, 1), "{run:?}");
+    // Shards are byte ranges: about a third of the rows each, not exactly.
+    assert!((400..900).contains(&run.rows), "{run:?}");
+    assert_eq!(run.failed_shards.len(), 1);
+    assert_eq!(run.failed_shards[0].index, 2);
+    assert!(run.failed_shards[0].reason.contains("shard 2 of 3: record"), "{:?}", run.failed_shards);
+    let failed = status.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+    assert_eq!((failed.status.as_str(), failed.reason.as_str()), ("True", "ShardsFailed"));
+    assert!(failed.message.contains("shard 2"), "{}", failed.message);
+    // Shard 2 ran twice (its retry), the others once; only complete parts are on disk.
+    let mut pods: Vec<_> = shard_pods(&c, &ns.name, &run.job).await.into_iter().map(|(i, _)| i).collect();
+    pods.sort();
+    assert_eq!(pods, ["0", "1", "2", "2"]);
+    let out = data.dir.join("out").join(&run.job);
+    let mut files: Vec<_> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "part-00000-of-00003.csv",
+            "part-00000-of-00003.manifest.json",
+            "part-00001-of-00003.csv",
+            "part-00001-of-00003.manifest.json"
+        ]
+    );
+    let rows: usize =
+        ["part-00000-of-00003.csv", "part-00001-of-00003.csv"].iter().map(|f| records(&out.join(f)).len()).sum();
+    assert_eq!(rows as i64, run.rows, "status counts exactly the rows on disk");
+}
+
+#[tokio::test]
+async fn a_scheduled_model_ref_follows_the_version_the_mlmodel_serves() {
+    let Some((c, ns, _op, data)) = real_setup("batch-ref").await else { return };
+    data.write_input("iris.csv", 200, false);
+    let example = root().join("examples/iris.yaml");
+    kubectl(&["apply", "-n", &ns.name, "-f", example.to_str().unwrap()]).unwrap();
+    let models: Api<modelship_crds::MLModel> = Api::namespaced(c.clone(), &ns.name);
+    wait_ready(&models, "iris", Some("v1"), T).await;
+    apply(
+        &ns.name,
+        &batch_yaml("nightly", &format!("  modelRef: {{name: iris}}\n{IO}  shards: 2\n  schedule: \"0 3 * * *\"\n")),
+    )
+    .unwrap();
+    let crons: Api<CronJob> = Api::namespaced(c.clone(), &ns.name);
+    let version_of = |cron: &CronJob| {
+        cron.spec
+            .as_ref()?
+            .job_template
+            .metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?
+            .get("modelship.dev/model-version")
+            .cloned()
+    };
+    wait_for("the CronJob on v1", T, || async {
+        crons.get_opt("nightly").await.ok().flatten().filter(|c| version_of(c).as_deref() == Some("v1"))
+    })
+    .await;
+
+    patch_mlmodel(&ns.name, "iris", r#"{"spec":{"model":{"version":"v2"}}}"#);
+    wait_ready(&models, "iris", Some("v2"), T).await;
+    wait_for("the CronJob on v2", T, || async {
+        crons.get_opt("nightly").await.ok().flatten().filter(|c| version_of(c).as_deref() == Some("v2"))
+    })
+    .await;
+    // The next run (started by hand instead of waiting for 03:00) scores with v2 and says so.
+    kubectl(&["create", "job", "-n", &ns.name, "--from=cronjob/nightly", "nightly-manual"]).unwrap();
+    let b = batch_job(&c, &ns.name, "nightly", "the manual run Complete", |b| {
+        b.status
+            .as_ref()
+            .and_then(|s| s.last_run.as_ref())
+            .is_some_and(|r| r.job == "nightly-manual" && r.result == "Complete")
+    })
+    .await;
+    let status = b.status.unwrap();
+    let model = status.model.unwrap();
+    assert_eq!((model.version.as_deref(), model.from.as_deref()), (Some("v2"), Some("iris")));
+    let run = status.last_run.unwrap();
+    assert_eq!((run.rows, run.shards.as_str()), (200, "2/2"));
+    assert!(data.dir.join("out/nightly-manual/_SUCCESS").exists());
+}
