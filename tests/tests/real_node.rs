@@ -14,9 +14,7 @@ use kube::{Api, Client};
 use modelship_crds::MLModel;
 use modelship_tests::mlflow::Mlflow;
 use modelship_tests::real_node::{self, NODE, POD_GATEWAY};
-use modelship_tests::{
-    TestNamespace, client, install_crd, kubectl, kubectl_stdin, root, wait_for, wait_ready,
-};
+use modelship_tests::{TestNamespace, client, install_crd, kubectl, kubectl_stdin, root, wait_for, wait_ready};
 
 /// Real containers start slower than kwok's fakes; generous on a busy 2-core machine.
 const T: Duration = Duration::from_secs(120);
