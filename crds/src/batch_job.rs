@@ -23,7 +23,7 @@ const ONE_MODEL_RULE: &str = "has(self.spec.model) != has(self.spec.modelRef)";
 const ONE_MODEL_MESSAGE: &str = "set exactly one of spec.model and spec.modelRef";
 /// CEL: a file on a PVC, by a relative path that stays inside the claim.
 const INPUT_URI_RULE: &str = r"self.matches('^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[^\\s*?]+$') && !self.contains('/../') && !self.endsWith('/..') && !self.endsWith('/')";
-const INPUT_URI_MESSAGE: &str = "must be pvc://CLAIM/PATH: a CSV file on a PersistentVolumeClaim of this namespace";
+const INPUT_URI_MESSAGE: &str = "must be pvc://CLAIM/PATH: a file on a PersistentVolumeClaim of this namespace";
 const OUTPUT_URI_RULE: &str = r"self.matches('^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[^\\s]*)?$') && !self.contains('/../') && !self.endsWith('/..')";
 const OUTPUT_URI_MESSAGE: &str = "must be pvc://CLAIM/DIR (a directory on a PersistentVolumeClaim of this namespace)";
 /// CEL: five cron fields, or a @-macro the CronJob controller knows.
@@ -151,9 +151,17 @@ pub struct BatchInput {
     #[x_kube(validation = kube::core::Rule::new(INPUT_URI_RULE).message(INPUT_URI_MESSAGE))]
     pub uri: String,
 
-    /// The format (default csv).
+    /// The format: csv or jsonl (default: from the file's extension, `.jsonl`/`.ndjson` being
+    /// JSON lines, else csv).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<DataFormat>,
+}
+
+impl BatchInput {
+    /// The format given, else the one the path's extension names, else CSV.
+    pub fn format(&self) -> DataFormat {
+        self.format.or_else(|| DataFormat::from_path(&self.uri)).unwrap_or_default()
+    }
 }
 
 /// The scored output.
@@ -165,9 +173,20 @@ pub struct BatchOutput {
     #[x_kube(validation = kube::core::Rule::new(OUTPUT_URI_RULE).message(OUTPUT_URI_MESSAGE))]
     pub uri: String,
 
-    /// The format (default: the input's). Each part holds the input's columns and `prediction`.
+    /// The format of the parts (default: the input's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<DataFormat>,
+
+    /// The input columns each part carries through, in order, before `prediction` (for example
+    /// an id to join on). Default: every input column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub key_columns: Option<Vec<String>>,
+
+    /// Add a `probability_CLASS` column per class after `prediction` (classifiers that give
+    /// probabilities; the run fails with the reason for other models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probabilities: Option<bool>,
 }
 
 /// A data file format.
@@ -177,13 +196,26 @@ pub enum DataFormat {
     /// Comma-separated values with a header row (RFC 4180 quoting).
     #[default]
     Csv,
+    /// JSON lines: one object per line, keyed by column name.
+    Jsonl,
 }
 
 impl DataFormat {
-    /// The file extension of the parts.
+    /// The file extension of the parts, and the name `modelship-server batch --format` takes.
     pub fn extension(self) -> &'static str {
         match self {
             Self::Csv => "csv",
+            Self::Jsonl => "jsonl",
+        }
+    }
+
+    /// The format a path's extension names, if any.
+    pub fn from_path(path: &str) -> Option<Self> {
+        let ext = path.rsplit_once('.')?.1.to_ascii_lowercase();
+        match ext.as_str() {
+            "csv" => Some(Self::Csv),
+            "jsonl" | "ndjson" => Some(Self::Jsonl),
+            _ => None,
         }
     }
 }

@@ -107,7 +107,7 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Score a CSV file with a model, streaming rows with bounded memory.
+    /// Score a CSV or JSON lines file with a model, streaming rows with bounded memory.
     Batch {
         #[arg(long)]
         model: String,
@@ -115,10 +115,22 @@ enum Command {
         sha256: Option<String>,
         #[arg(long)]
         input: PathBuf,
-        /// The scored CSV (written under a temporary name, renamed when complete).
+        /// The input's format: csv or jsonl (default: from its extension).
+        #[arg(long)]
+        format: Option<batch::Format>,
+        /// The output's format (default: from its extension, else the input's).
+        #[arg(long)]
+        output_format: Option<batch::Format>,
+        /// The input columns to carry to the output, comma-separated, in order (default: all).
+        #[arg(long, value_delimiter = ',')]
+        keep_columns: Option<Vec<String>>,
+        /// Add a probability_CLASS column per class (classifiers that give probabilities).
+        #[arg(long)]
+        probabilities: bool,
+        /// The scored file (written under a temporary name, renamed when complete).
         #[arg(long, required_unless_present = "output_dir", conflicts_with = "output_dir")]
         output: Option<PathBuf>,
-        /// A directory for this shard's part (`part-INDEX-of-COUNT.csv`) and its manifest; the
+        /// A directory for this shard's part (`part-INDEX-of-COUNT.csv`, or `.jsonl`) and its manifest; the
         /// shard that completes the set writes `_SUCCESS`, listing every part's rows and SHA-256.
         #[arg(long)]
         output_dir: Option<PathBuf>,
@@ -287,6 +299,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             model,
             sha256,
             input,
+            format,
+            output_format,
+            keep_columns,
+            probabilities,
             output,
             output_dir,
             model_version,
@@ -296,19 +312,28 @@ async fn run(command: Command) -> anyhow::Result<()> {
             shard_count,
         } => {
             let shard = modelship_server::shard::Shard::new(shard_index, shard_count)?;
+            let opts = batch::BatchOptions {
+                chunk_rows,
+                threads,
+                shard,
+                input_format: format,
+                output_format,
+                keep_columns,
+                probabilities,
+            };
+            let (_, out_format) = opts.formats(&input, output.as_deref())?;
             let artifact = load::load(&model, sha256.as_deref(), load::DEFAULT_MAX_MODEL_BYTES).await?;
             let model = Model::new(artifact, None, model_version);
             let output = match (&output, &output_dir) {
                 (Some(file), _) => file.clone(),
                 (None, Some(dir)) => {
                     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
-                    dir.join(batch_output::part_name(shard, "csv"))
+                    dir.join(batch_output::part_name(shard, out_format.extension()))
                 }
                 (None, None) => unreachable!("clap requires --output or --output-dir"),
             };
             let (report, success) = tokio::task::spawn_blocking(move || {
-                let opts = batch::BatchOptions { chunk_rows, threads, shard };
-                let report = batch::score_csv(&model, &input, &output, opts)?;
+                let report = batch::score(&model, &input, &output, &opts)?;
                 let success = match &output_dir {
                     Some(dir) => batch_output::complete(dir, shard, &report, &input.to_string_lossy(), &model.version)?,
                     None => None,

@@ -287,6 +287,189 @@ fn batch_shards_together_score_every_row_once_like_one_run() {
     assert!(reason(&o).contains("shard index 4 is out of range for 4 shards"), "{}", reason(&o));
 }
 
+/// `rows` of a CSV file as JSON lines: each row an object keyed by the header, numbers as numbers.
+fn csv_as_json_lines(input: &Path, output: &Path) {
+    let mut reader = csv::Reader::from_path(input).unwrap();
+    let header = reader.headers().unwrap().clone();
+    let mut text = String::new();
+    for row in reader.records() {
+        let row = row.unwrap();
+        let mut obj = serde_json::Map::new();
+        for (k, v) in header.iter().zip(row.iter()) {
+            let value = v.parse::<f64>().map_or_else(|_| serde_json::json!(v), |x| serde_json::json!(x));
+            obj.insert(k.to_string(), value);
+        }
+        // serde_json's map sorts keys; the input order is kept by writing them in header order.
+        let fields: Vec<String> = header.iter().map(|k| format!("{}:{}", serde_json::json!(k), obj[k])).collect();
+        text.push_str(&format!("{{{}}}\n", fields.join(",")));
+    }
+    std::fs::write(output, text).unwrap();
+}
+
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn batch_reads_and_writes_json_lines_as_it_does_csv_whole_or_in_shards() {
+    let dir = tmp("batch-jsonl");
+    // Ids with newlines and quotes, which JSON escapes: every newline in the file ends a record.
+    let (model_path, csv_in) = iris_csv(&dir, "id,sepal_length,sepal_width,petal_length,petal_width", |i, r| {
+        let id = if i % 3 == 0 { format!("\"row\n{i} \"\"q\"\"\"") } else { format!("row-{i}") };
+        format!("{id},{},{},{},{}", r[0], r[1], r[2], r[3])
+    });
+    let jsonl_in = dir.join("in.jsonl");
+    csv_as_json_lines(&csv_in, &jsonl_in);
+    let csv_out = dir.join("out.csv");
+    assert!(batch(&model_path, &csv_in, &csv_out, &[]).status.success());
+    let want: Vec<csv::StringRecord> =
+        csv::Reader::from_path(&csv_out).unwrap().records().map(|r| r.unwrap()).collect();
+
+    // JSON lines in, JSON lines out (by extension): the input's keys in its order, then the prediction.
+    let jsonl_out = dir.join("out.jsonl");
+    let o = batch(&model_path, &jsonl_in, &jsonl_out, &["--chunk-rows", "7"]);
+    assert!(o.status.success(), "{}", reason(&o));
+    let text = std::fs::read_to_string(&jsonl_out).unwrap();
+    assert!(text.starts_with(r#"{"id":"row\n0 \"q\"","sepal_length":5.1,"#), "{}", &text[..80]);
+    let got = json_lines(&jsonl_out);
+    assert_eq!(got.len(), 150);
+    for (row, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g["id"], w[0], "row {row}");
+        assert_eq!(g["sepal_length"].as_f64(), w[1].parse().ok(), "row {row}");
+        assert_eq!(g["prediction"].to_string(), w[5], "row {row}");
+    }
+    // CSV in, JSON lines out; JSON lines in, CSV out (the format named, whatever the extension).
+    let cross = dir.join("cross.jsonl");
+    assert!(batch(&model_path, &csv_in, &cross, &[]).status.success());
+    let cross = json_lines(&cross);
+    assert_eq!(
+        cross.iter().map(|r| r["prediction"].clone()).collect::<Vec<_>>(),
+        got.iter().map(|r| r["prediction"].clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(cross[1]["sepal_length"], 4.9, "CSV text that is a JSON number becomes one");
+    assert_eq!(cross[1]["id"], "row-1");
+    // So a JSON lines file written from CSV scores again.
+    let again = dir.join("again.jsonl");
+    let o = batch(&model_path, &dir.join("cross.jsonl"), &again, &["--keep-columns", "id"]);
+    assert!(o.status.success(), "{}", reason(&o));
+    let back = dir.join("back.out");
+    let o = batch(&model_path, &jsonl_in, &back, &["--output-format", "csv"]);
+    assert!(o.status.success(), "{}", reason(&o));
+    let back: Vec<csv::StringRecord> = csv::Reader::from_path(&back).unwrap().records().map(|r| r.unwrap()).collect();
+    assert_eq!(back, want, "JSON lines scored to CSV = CSV scored to CSV");
+
+    // Shards of a JSON lines file: every record exactly once, whatever the count.
+    for count in [1u32, 2, 3, 7, 16] {
+        let mut union = Vec::new();
+        for index in 0..count {
+            let part = dir.join(format!("part-{index}-of-{count}.jsonl"));
+            let (i, n) = (index.to_string(), count.to_string());
+            let o =
+                batch(&model_path, &jsonl_in, &part, &["--shard-index", &i, "--shard-count", &n, "--chunk-rows", "5"]);
+            assert!(o.status.success(), "{}", reason(&o));
+            union.extend(json_lines(&part));
+        }
+        assert_eq!(union, got, "{count} shards");
+    }
+    // A part directory names its parts for the output format.
+    let run_dir = dir.join("run");
+    let paths = [&model_path, &jsonl_in, &run_dir].map(|p| p.to_str().unwrap().to_string());
+    let o = run(&["batch", "--model", &paths[0], "--input", &paths[1], "--output-dir", &paths[2]]);
+    assert!(o.status.success(), "{}", reason(&o));
+    assert_eq!(json_lines(&run_dir.join("part-00000-of-00001.jsonl")), got);
+
+    // A bad record is named by its line (a whole file) or its place in the shard.
+    let mut lines: Vec<String> = std::fs::read_to_string(&jsonl_in).unwrap().lines().map(String::from).collect();
+    lines[4] = lines[4].replace("\"sepal_width\":", "\"sepal_width\":\"wide\",\"was\":");
+    lines[9] = "[1, 2, 3, 4]".into();
+    std::fs::write(&jsonl_in, lines.join("\n")).unwrap();
+    let o = batch(&model_path, &jsonl_in, &jsonl_out, &[]);
+    assert!(reason(&o).contains("line 5: feature \"sepal_width\" is not a finite number: \"wide\""), "{}", reason(&o));
+    lines[4] = lines[3].clone();
+    std::fs::write(&jsonl_in, lines.join("\n")).unwrap();
+    let o = batch(&model_path, &jsonl_in, &jsonl_out, &[]);
+    assert!(reason(&o).contains("line 10: not a JSON object"), "{}", reason(&o));
+    // A JSON null is a missing value, which this model cannot take.
+    lines[9] = lines[3].replace("\"petal_width\":0.2", "\"petal_width\":null");
+    std::fs::write(&jsonl_in, lines.join("\n")).unwrap();
+    let o = batch(&model_path, &jsonl_in, &jsonl_out, &[]);
+    assert!(reason(&o).contains("line 10: feature \"petal_width\" is not a finite number: null"), "{}", reason(&o));
+    // A format neither named nor implied by the extension.
+    let o = batch(&model_path, &dir.join("in.txt"), &jsonl_out, &[]);
+    assert!(
+        reason(&o).contains("cannot tell the input format of") && reason(&o).contains("csv, jsonl"),
+        "{}",
+        reason(&o)
+    );
+    let o = batch(&model_path, &csv_in, &jsonl_out, &["--format", "jsonl"]);
+    assert!(reason(&o).contains("line 1: not a JSON object"), "{}", reason(&o));
+}
+
+#[test]
+fn batch_keeps_the_columns_chosen_and_adds_class_probabilities_on_request() {
+    let dir = tmp("batch-keep");
+    let (model_path, input) = iris_csv(&dir, "sepal_length,sepal_width,petal_length,petal_width,id,note", |i, r| {
+        format!("{},{},{},{},id-{i},n{}", r[0], r[1], r[2], r[3], i % 2)
+    });
+    let model = Model::new(Artifact::from_slice(&std::fs::read(&model_path).unwrap()).unwrap(), None, None);
+    let table = train::iris();
+    let proba = model.predict_proba(table.records.view()).unwrap();
+    let Ok(Predictions::Classes(classes)) = model.predict(table.records.view()) else { panic!() };
+
+    let output = dir.join("out.csv");
+    let o =
+        batch(&model_path, &input, &output, &["--keep-columns", "note,id", "--probabilities", "--chunk-rows", "64"]);
+    assert!(o.status.success(), "{}", reason(&o));
+    let mut reader = csv::Reader::from_path(&output).unwrap();
+    let names: Vec<String> = model.class_names().iter().map(|c| format!("probability_{c}")).collect();
+    let mut want_header = vec!["note".to_string(), "id".into(), "prediction".into()];
+    want_header.extend(names.iter().cloned());
+    assert_eq!(reader.headers().unwrap().iter().collect::<Vec<_>>(), want_header);
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 150);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!((&row[0], &row[1]), (format!("n{}", i % 2).as_str(), format!("id-{i}").as_str()));
+        assert_eq!(row[2].parse::<usize>().unwrap(), classes[i], "row {i}");
+        for (k, p) in proba.row(i).iter().enumerate() {
+            // Written as Rust prints an f64: the shortest text that reads back as the same number.
+            assert_eq!(row[3 + k].parse::<f64>().unwrap(), *p, "row {i} class {k}");
+        }
+    }
+    // The same in JSON lines: probabilities as numbers.
+    let jsonl = dir.join("out.jsonl");
+    assert!(batch(&model_path, &input, &jsonl, &["--keep-columns", "id", "--probabilities"]).status.success());
+    let first = &json_lines(&jsonl)[0];
+    assert_eq!(first.as_object().unwrap().len(), 2 + names.len());
+    assert_eq!(first[&names[0]].as_f64(), Some(proba[[0, 0]]));
+
+    // Refusals, before anything is written.
+    let o = batch(&model_path, &input, &output, &["--keep-columns", "id,colour"]);
+    assert!(reason(&o).contains("--keep-columns names \"colour\", which the input lacks"), "{}", reason(&o));
+    std::fs::write(&input, "sepal_length,sepal_width,petal_length,petal_width,prediction\n1,2,3,4,old\n").unwrap();
+    let o = batch(&model_path, &input, &output, &[]);
+    assert!(reason(&o).contains("two columns named \"prediction\""), "{}", reason(&o));
+    let o = batch(&model_path, &input, &output, &["--keep-columns", "sepal_length"]);
+    assert!(o.status.success(), "dropping the old prediction column: {}", reason(&o));
+    let linear = dir.join("linear.json");
+    let train_csv = dir.join("train.csv");
+    std::fs::write(&train_csv, "a,b,y\n1,2,3\n2,1,3\n3,3,6\n4,1,5\n5,2,7\n6,0,6\n").unwrap();
+    let o = run(&[
+        "train",
+        "--csv",
+        train_csv.to_str().unwrap(),
+        "--target",
+        "y",
+        "--algorithm",
+        "linear",
+        "--out",
+        linear.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", reason(&o));
+    let o = batch(&linear, &train_csv, &output, &["--probabilities"]);
+    assert!(reason(&o).contains("probabilities are not available"), "{}", reason(&o));
+    assert!(!output.exists() || std::fs::read_to_string(&output).unwrap().starts_with("sepal_length,prediction"));
+}
+
 #[test]
 fn a_failed_batch_leaves_no_output_and_no_temporary_file() {
     let dir = tmp("batch-atomic");

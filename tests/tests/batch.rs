@@ -187,21 +187,43 @@ impl Dataset {
         Self { dir, pv }
     }
 
-    /// Writes `in/NAME`: a header and `rows` iris-shaped rows, some ids with quoted newlines;
-    /// `bad_last` makes the last row's value unreadable.
+    /// `rows` iris-shaped rows (an id, then the four features), some ids with newlines;
+    /// `bad_last` makes the last row's petal length unreadable.
+    fn rows(rows: usize, bad_last: bool) -> impl Iterator<Item = (String, [String; 4])> {
+        (0..rows).map(move |i| {
+            let f = |k: usize, lo: f64, span: f64| {
+                format!("{:.2}", lo + ((i * 7919 + k * 104729) % 1000) as f64 / 1000.0 * span)
+            };
+            let id = if i % 10 == 0 { format!("row\n{i}") } else { format!("row-{i}") };
+            let petal = if bad_last && i + 1 == rows { "oops".to_string() } else { f(2, 1.0, 5.9) };
+            (id, [f(0, 4.3, 3.6), f(1, 2.0, 2.4), petal, f(3, 0.1, 2.4)])
+        })
+    }
+
+    /// Writes `in/NAME`: a CSV header and [`Dataset::rows`] (ids with newlines quoted).
     fn write_input(&self, name: &str, rows: usize, bad_last: bool) -> PathBuf {
-        let mut text = String::from("id,sepal_length,sepal_width,petal_length,petal_width\n");
-        for i in 0..rows {
-            let f = |k: usize, lo: f64, span: f64| lo + ((i * 7919 + k * 104729) % 1000) as f64 / 1000.0 * span;
-            let id = if i % 10 == 0 { format!("\"row\n{i}\"") } else { format!("row-{i}") };
-            let petal = if bad_last && i + 1 == rows { "oops".to_string() } else { format!("{:.2}", f(2, 1.0, 5.9)) };
-            text.push_str(&format!("{id},{:.2},{:.2},{petal},{:.2}\n", f(0, 4.3, 3.6), f(1, 2.0, 2.4), f(3, 0.1, 2.4)));
+        let mut text = format!("id,{}\n", FEATURES.join(","));
+        for (id, x) in Self::rows(rows, bad_last) {
+            let id = if id.contains('\n') { format!("\"{id}\"") } else { id };
+            text.push_str(&format!("{id},{}\n", x.join(",")));
         }
         let path = self.dir.join("in").join(name);
         std::fs::write(&path, text).unwrap();
         path
     }
+
+    /// The same rows as JSON lines (features as numbers), into `path`.
+    fn write_json_lines(path: &Path, rows: usize) {
+        let mut text = String::new();
+        for (id, x) in Self::rows(rows, false) {
+            let fields: Vec<String> = FEATURES.iter().zip(&x).map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            text.push_str(&format!("{{\"id\":{},{}}}\n", serde_json::json!(id), fields.join(",")));
+        }
+        std::fs::write(path, text).unwrap();
+    }
 }
+
+const FEATURES: [&str; 4] = ["sepal_length", "sepal_width", "petal_length", "petal_width"];
 
 impl Drop for Dataset {
     fn drop(&mut self) {
@@ -228,6 +250,17 @@ fn iris_model_file(dir: &Path) -> PathBuf {
     let path = dir.join("model.json");
     std::fs::write(&path, json).unwrap();
     path
+}
+
+/// `modelship-server batch` over the whole of `input` on this machine, with `extra` flags: the records it writes.
+fn one_run(data: &Dataset, input: &Path, extra: &[&str]) -> Vec<csv::StringRecord> {
+    let whole = data.dir.join("whole.csv");
+    let model = iris_model_file(&data.dir);
+    let mut args = vec!["batch", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap()];
+    args.extend(["--output", whole.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    modelship_tests::run(&binary("modelship-server"), &args, None).unwrap();
+    records(&whole)
 }
 
 async fn real_setup(prefix: &str) -> Option<(Client, TestNamespace, Operator, Dataset)> {
@@ -294,23 +327,7 @@ async fn shards_on_the_real_node_score_every_row_once_like_one_run() {
     for part in success["files"].as_array().unwrap() {
         union.extend(records(&out.join(part["file"].as_str().unwrap())));
     }
-    let whole = data.dir.join("whole.csv");
-    let model = iris_model_file(&data.dir);
-    modelship_tests::run(
-        &binary("modelship-server"),
-        &[
-            "batch",
-            "--model",
-            model.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            whole.to_str().unwrap(),
-        ],
-        None,
-    )
-    .unwrap();
-    let want = records(&whole);
+    let want = one_run(&data, &input, &[]);
     assert_eq!(want.len(), 3000);
     assert!(union == want, "the shards' union differs from one run over the file");
     let mut indexes: Vec<_> = shard_pods(&c, &ns.name, &run.job).await.into_iter().map(|(i, _)| i).collect();
@@ -369,6 +386,57 @@ async fn a_failing_shard_is_retried_alone_and_named_in_status_with_no_partial_ro
     let rows: usize =
         ["part-00000-of-00003.csv", "part-00001-of-00003.csv"].iter().map(|f| records(&out.join(f)).len()).sum();
     assert_eq!(rows as i64, run.rows, "status counts exactly the rows on disk");
+}
+
+#[tokio::test]
+async fn json_lines_scored_to_key_columns_and_probabilities_after_shards_fail_then_succeed_on_retry() {
+    let Some((c, ns, _op, data)) = real_setup("batch-jsonl").await else { return };
+    // The input does not exist yet: every shard's first attempt fails.
+    let spec = format!(
+        "{MODEL}  input: {{uri: pvc://data/in/iris.jsonl}}\n  \
+         output: {{uri: pvc://data/out, format: csv, keyColumns: [id], probabilities: true}}\n  \
+         shards: 2\n  retriesPerShard: 4\n"
+    );
+    apply(&ns.name, &batch_yaml("score", &spec)).unwrap();
+    let b =
+        batch_job(&c, &ns.name, "score", "a run", |b| b.status.as_ref().is_some_and(|s| s.last_run.is_some())).await;
+    let job = b.status.unwrap().last_run.unwrap().job;
+    wait_for("a failed first attempt of both shards", T, || async {
+        let pods = shard_pods(&c, &ns.name, &job).await;
+        ["0", "1"].iter().all(|i| pods.iter().any(|(k, phase)| k == i && phase == "Failed")).then_some(())
+    })
+    .await;
+    let input = data.dir.join("in/iris.jsonl");
+    Dataset::write_json_lines(&input, 2000);
+
+    let b = batch_job(&c, &ns.name, "score", "the run Complete", |b| result(b) == Some("Complete")).await;
+    let run = b.status.unwrap().last_run.unwrap();
+    assert_eq!(
+        (run.rows, run.shards_succeeded, run.shards_failed, run.shards.as_str()),
+        (2000, 2, 0, "2/2"),
+        "{run:?}"
+    );
+    assert!(run.failed_shards.is_empty(), "{run:?}");
+    let pods = shard_pods(&c, &ns.name, &job).await;
+    for i in ["0", "1"] {
+        assert!(pods.iter().filter(|(k, _)| k == i).count() >= 2, "shard {i} ran once: {pods:?}");
+        assert_eq!(pods.iter().filter(|(k, p)| k == i && p == "Succeeded").count(), 1, "{pods:?}");
+    }
+    // The parts: CSV with the id, the prediction and a probability per class, each row once,
+    // as one run of the binary over the whole file with the same flags.
+    let out = data.dir.join("out").join(&job);
+    let success: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
+    let parts: Vec<PathBuf> =
+        success["files"].as_array().unwrap().iter().map(|p| out.join(p["file"].as_str().unwrap())).collect();
+    assert!(parts.iter().all(|p| p.extension().is_some_and(|e| e == "csv")), "{parts:?}");
+    let header = csv::Reader::from_path(&parts[0]).unwrap().headers().unwrap().clone();
+    assert_eq!(header.iter().take(2).collect::<Vec<_>>(), ["id", "prediction"]);
+    assert!(header.len() == 5 && header.iter().skip(2).all(|h| h.starts_with("probability_")), "{header:?}");
+    let union: Vec<_> = parts.iter().flat_map(|p| records(p)).collect();
+    let want = one_run(&data, &input, &["--output-format", "csv", "--keep-columns", "id", "--probabilities"]);
+    assert_eq!(want.len(), 2000);
+    assert!(union == want, "the shards' union differs from one run over the file");
+    assert!(union.iter().any(|r| r[0].contains('\n')), "ids with newlines came through");
 }
 
 #[tokio::test]

@@ -141,6 +141,16 @@ fn pod_template(job: &MLBatchJob, model: &ResolvedModel, settings: &Settings) ->
         args.extend(["--model-version".into(), v.clone()]);
     }
     args.extend(["--input".into(), input, "--output-dir".into(), output_dir]);
+    let in_format = job.spec.input.format();
+    let out_format = job.spec.output.format.unwrap_or(in_format);
+    args.extend(["--format".into(), in_format.extension().into()]);
+    args.extend(["--output-format".into(), out_format.extension().into()]);
+    if let Some(keep) = &job.spec.output.key_columns {
+        args.extend(["--keep-columns".into(), keep.join(",")]);
+    }
+    if job.spec.output.probabilities == Some(true) {
+        args.push("--probabilities".into());
+    }
     args.extend(["--shard-count".into(), job.spec.shards.to_string()]);
     if let Some(rows) = job.spec.chunk_rows {
         args.extend(["--chunk-rows".into(), rows.to_string()]);
@@ -307,7 +317,8 @@ mod tests {
             args,
             "batch --model /var/lib/modelship/model/model.json --model-version v1 \
              --input /var/lib/modelship/input/in/iris.csv \
-             --output-dir /var/lib/modelship/output/scored/$(MODELSHIP_RUN) --shard-count 4 --log-format json"
+             --output-dir /var/lib/modelship/output/scored/$(MODELSHIP_RUN) --format csv --output-format csv \
+             --shard-count 4 --log-format json"
         );
         let env = &c.env.as_ref().unwrap()[0];
         assert_eq!(env.name, RUN_ENV);
@@ -322,6 +333,28 @@ mod tests {
             .filter_map(|v| v.persistent_volume_claim.as_ref().map(|p| (p.claim_name.clone(), p.read_only)))
             .collect();
         assert_eq!(claims, [("data".into(), Some(true)), ("results".into(), Some(false))]);
+    }
+
+    fn args_of(j: &MLBatchJob) -> String {
+        built(j).spec.unwrap().template.spec.unwrap().containers[0].args.clone().unwrap().join(" ")
+    }
+
+    #[test]
+    fn formats_key_columns_and_probabilities_reach_the_shards_flags() {
+        // The format by extension, the output's defaulting to the input's.
+        let a = args_of(&batch(serde_json::json!({"input": {"uri": "pvc://data/in/day.ndjson"}})));
+        assert!(a.contains("--format jsonl --output-format jsonl"), "{a}");
+        // A path without an extension is CSV unless the format is named.
+        let a = args_of(&batch(serde_json::json!({"input": {"uri": "pvc://data/in/rows"}})));
+        assert!(a.contains("--format csv --output-format csv"), "{a}");
+        let j = batch(serde_json::json!({
+            "input": {"uri": "pvc://data/in/rows", "format": "jsonl"},
+            "output": {"uri": "pvc://results/scored", "format": "csv", "keyColumns": ["id", "day"], "probabilities": true},
+        }));
+        let a = args_of(&j);
+        assert!(a.contains("--format jsonl --output-format csv --keep-columns id,day --probabilities"), "{a}");
+        let a = args_of(&batch(serde_json::json!({"output": {"uri": "pvc://results/scored", "probabilities": false}})));
+        assert!(!a.contains("--probabilities") && !a.contains("--keep-columns"), "{a}");
     }
 
     #[test]

@@ -1,0 +1,291 @@
+//! Batch scoring of CSV and JSON lines files with bounded memory (what `modelship-server batch`
+//! and batch Jobs run).
+//!
+//! Rows stream through in chunks of `chunk_rows` ([`read`] to [`write`]): memory is one chunk,
+//! whatever the file size.
+//! Each chunk is scored on `threads` threads, a slice of its rows each; the `prediction` column is
+//! what `/predict` answers (a scikit-learn classifier's labels themselves).
+
+pub mod format;
+pub mod read;
+pub mod write;
+
+use std::fmt;
+use std::io::{self, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ndarray::{Array2, ArrayView2, Axis};
+
+pub use format::Format;
+pub use write::AtomicOutput;
+
+use crate::model::{InputError, Model, Predictions};
+use crate::shard::Shard;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("{path}: {source}")]
+    Csv { path: String, source: csv::Error },
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("{0}")]
+    Input(String),
+}
+
+/// What a batch run did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchReport {
+    pub rows: u64,
+    pub seconds: f64,
+    /// Peak resident memory of this process, where the OS tells it (Linux).
+    pub peak_rss_mib: Option<f64>,
+    /// The output file, complete: written under a temporary name and renamed once flushed.
+    pub output: PathBuf,
+    /// Its size and SHA-256 (hex), as written.
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+impl fmt::Display for BatchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rate = if self.seconds > 0.0 { self.rows as f64 / self.seconds } else { 0.0 };
+        write!(f, "scored {} rows in {:.2}s ({:.0} rows/s)", self.rows, self.seconds, rate)?;
+        if let Some(mib) = self.peak_rss_mib {
+            write!(f, ", peak memory {mib:.1} MiB")?;
+        }
+        Ok(())
+    }
+}
+
+/// Peak resident set size of this process (`VmHWM`), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// How a batch run goes.
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    /// Rows read, scored and written at a time.
+    pub chunk_rows: usize,
+    /// Threads scoring a chunk (0: as many as this process may use, cgroup CPU limits included).
+    pub threads: usize,
+    /// The part of the input this run scores: the records that start in its share of the bytes.
+    pub shard: Shard,
+    /// The input's format (`None`: from its extension).
+    pub input_format: Option<Format>,
+    /// The output's format (`None`: from its extension, else the input's).
+    pub output_format: Option<Format>,
+    /// The input columns carried to the output, in order (`None`: all of them).
+    pub keep_columns: Option<Vec<String>>,
+    /// Add a `probability_CLASS` column per class.
+    pub probabilities: bool,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        Self {
+            chunk_rows: 8192,
+            threads: 0,
+            shard: Shard::WHOLE,
+            input_format: None,
+            output_format: None,
+            keep_columns: None,
+            probabilities: false,
+        }
+    }
+}
+
+impl BatchOptions {
+    /// The input's format and the output's: as given, else from the file's extension; the
+    /// output's, failing that, the input's (also when there is no output file name yet).
+    pub fn formats(&self, input: &Path, output: Option<&Path>) -> Result<(Format, Format), BatchError> {
+        let input = Format::resolve(self.input_format, input, "input").map_err(BatchError::Input)?;
+        let output = self.output_format.or_else(|| output.and_then(Format::from_path)).unwrap_or(input);
+        Ok((input, output))
+    }
+}
+
+/// Fewer rows than this per thread are scored on the calling thread.
+const MIN_ROWS_PER_THREAD: usize = 256;
+
+/// A chunk's predictions, and its class probabilities when asked for.
+type Scores = (Predictions, Option<Array2<f64>>);
+
+/// Predictions (and, when asked, class probabilities) for `x`, on up to `threads` threads, a
+/// contiguous slice of rows each, in row order. A failure names the first row of its slice.
+fn score_split(
+    model: &Model,
+    x: ArrayView2<'_, f64>,
+    threads: usize,
+    probabilities: bool,
+) -> Result<Scores, (usize, InputError)> {
+    let score = |part: ArrayView2<'_, f64>| -> Result<_, InputError> {
+        let p = model.predict(part)?;
+        let proba = if probabilities { Some(model.predict_proba(part)?) } else { None };
+        Ok((p, proba))
+    };
+    let per = x.nrows().div_ceil(threads.max(1)).max(MIN_ROWS_PER_THREAD);
+    if per >= x.nrows() {
+        return score(x).map_err(|e| (0, e));
+    }
+    let parts: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = x.axis_chunks_iter(Axis(0), per).map(|part| s.spawn(move || score(part))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    let mut out: Option<Predictions> = None;
+    let mut probas = Vec::new();
+    for (k, part) in parts.into_iter().enumerate() {
+        let (part, proba) = part.map_err(|e| (k * per, e))?;
+        probas.extend(proba);
+        match (&mut out, part) {
+            (None, p) => out = Some(p),
+            (Some(Predictions::Classes(a)), Predictions::Classes(b)) => a.extend(b),
+            (Some(Predictions::Values(a)), Predictions::Values(b)) => a.extend(b),
+            (Some(_), _) => {
+                return Err((
+                    k * per,
+                    InputError::Run("the model answered classes for some rows and values for others".into()),
+                ));
+            }
+        }
+    }
+    let views: Vec<_> = probas.iter().map(|p| p.view()).collect();
+    let proba = match probabilities {
+        true => Some(ndarray::concatenate(Axis(0), &views).map_err(|e| (0, InputError::Run(e.to_string())))?),
+        false => None,
+    };
+    Ok((out.ok_or((0, InputError::Empty))?, proba))
+}
+
+/// The output's columns: the kept input columns (indices into the input's), then `prediction`,
+/// then `probability_CLASS` per class when asked. `keep` names the input columns to carry
+/// through, in order; all of them when `None`.
+fn output_columns(
+    model: &Model,
+    input: &[String],
+    keep: Option<&[String]>,
+    probabilities: bool,
+) -> Result<(Vec<usize>, Vec<String>), BatchError> {
+    let kept: Vec<usize> = match keep {
+        None => (0..input.len()).collect(),
+        Some(names) => names
+            .iter()
+            .map(|n| {
+                input.iter().position(|c| c == n).ok_or_else(|| {
+                    BatchError::Input(format!(
+                        "--keep-columns names {n:?}, which the input lacks (its columns: {input:?})"
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let mut names: Vec<String> = kept.iter().map(|&c| input[c].clone()).collect();
+    names.push(PREDICTION.to_string());
+    if probabilities {
+        if !model.artifact.estimator.has_proba() {
+            return Err(BatchError::Input(InputError::NoProbabilities(model.algorithm()).to_string()));
+        }
+        names.extend(model.class_names().iter().map(|c| format!("probability_{c}")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
+        return Err(BatchError::Input(format!(
+            "the output would have two columns named {dup:?}: the input has one already; choose the columns to keep with --keep-columns"
+        )));
+    }
+    Ok((kept, names))
+}
+
+/// The prediction's column in the output.
+pub const PREDICTION: &str = "prediction";
+
+/// Scores `input` (its share `opts.shard`, all of it by default) into `output`: the kept input
+/// columns, then `prediction` (and the class probabilities when asked), in the output format.
+pub fn score(model: &Model, input: &Path, output: &Path, opts: &BatchOptions) -> Result<BatchReport, BatchError> {
+    let (in_format, out_format) = opts.formats(input, Some(output))?;
+    let chunk_rows = opts.chunk_rows.max(1);
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut source = read::open(model, input, in_format, opts.shard)?;
+    let (kept, names) = output_columns(model, source.columns(), opts.keep_columns.as_deref(), opts.probabilities)?;
+    let (atomic, file) = AtomicOutput::create(output)?;
+    let mut sink = write::create(out_format, file, output, &names)?;
+
+    let labels = model.labels();
+    let n = model.n_features();
+    let start = Instant::now();
+    let progress = Progress::new();
+    let mut values = Vec::with_capacity(chunk_rows * n);
+    let mut rows = 0u64;
+    loop {
+        values.clear();
+        let read = source.read(chunk_rows, &mut values)?;
+        if read == 0 {
+            break;
+        }
+        let x = ArrayView2::from_shape((read, n), &values).map_err(|e| BatchError::Input(e.to_string()))?;
+        let (predictions, probabilities) =
+            score_split(model, x, threads, opts.probabilities).map_err(|(first, e)| {
+                BatchError::Input(format!("{} and the {} rows after it: {e}", source.locate(first), read - first - 1))
+            })?;
+        let chunk = write::Scored {
+            source: source.as_ref(),
+            kept: &kept,
+            predictions: &predictions,
+            labels,
+            probabilities: probabilities.as_ref(),
+        };
+        sink.write(&chunk)?;
+        rows += read as u64;
+        progress.tick(rows, start);
+    }
+    let written = sink.finish()?;
+    atomic.commit(written.file)?;
+    progress.done(rows, start);
+    Ok(BatchReport {
+        rows,
+        seconds: start.elapsed().as_secs_f64(),
+        peak_rss_mib: peak_rss_mib(),
+        output: output.to_path_buf(),
+        bytes: written.bytes,
+        sha256: written.sha256,
+    })
+}
+
+/// Progress on a terminal (a rewritten line), or a log line every few seconds elsewhere.
+struct Progress {
+    tty: bool,
+    last: std::cell::Cell<Instant>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self { tty: std::io::stderr().is_terminal(), last: std::cell::Cell::new(Instant::now()) }
+    }
+
+    fn tick(&self, rows: u64, start: Instant) {
+        let every = if self.tty { Duration::from_millis(250) } else { Duration::from_secs(5) };
+        if self.last.get().elapsed() < every {
+            return;
+        }
+        self.last.set(Instant::now());
+        let rate = rows as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        if self.tty {
+            eprint!("\r{rows} rows scored, {rate:.0} rows/s   ");
+        } else {
+            tracing::info!(rows, rows_per_second = rate as u64, "batch progress");
+        }
+    }
+
+    fn done(&self, rows: u64, start: Instant) {
+        if self.tty {
+            let rate = rows as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            eprintln!("\r{rows} rows scored, {rate:.0} rows/s   ");
+        }
+    }
+}
