@@ -22,8 +22,8 @@ const NAME_CEL_MESSAGE: &str = "metadata.name must be a DNS-1035 label of at mos
 const ONE_MODEL_RULE: &str = "has(self.spec.model) != has(self.spec.modelRef)";
 const ONE_MODEL_MESSAGE: &str = "set exactly one of spec.model and spec.modelRef";
 /// CEL: a file on a PVC, by a relative path that stays inside the claim.
-const INPUT_URI_RULE: &str = r"self.matches('^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[^\\s*?]+$') && !self.contains('/../') && !self.endsWith('/..') && !self.endsWith('/')";
-const INPUT_URI_MESSAGE: &str = "must be pvc://CLAIM/PATH: a file on a PersistentVolumeClaim of this namespace";
+const INPUT_URI_RULE: &str = r"self.matches('^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[^\\s]+$') && !self.contains('/../') && !self.endsWith('/..')";
+const INPUT_URI_MESSAGE: &str = "must be pvc://CLAIM/PATH: a file, a directory (ending in /) or a pattern (*, ?, [...]) on a PersistentVolumeClaim of this namespace";
 const OUTPUT_URI_RULE: &str = r"self.matches('^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[^\\s]*)?$') && !self.contains('/../') && !self.endsWith('/..')";
 const OUTPUT_URI_MESSAGE: &str = "must be pvc://CLAIM/DIR (a directory on a PersistentVolumeClaim of this namespace)";
 /// CEL: five cron fields, or a @-macro the CronJob controller knows.
@@ -53,6 +53,7 @@ const SCHEDULE_MESSAGE: &str =
     printcolumn = r#"{"name":"Rows","type":"integer","jsonPath":".status.lastRun.rows"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.lastRun.result"}"#,
     printcolumn = r#"{"name":"Shards","type":"string","jsonPath":".status.lastRun.shards","priority":1}"#,
+    printcolumn = r#"{"name":"Next Run","type":"string","jsonPath":".status.nextRunTime","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -93,6 +94,16 @@ pub struct MLBatchJobSpec {
     #[schemars(length(min = 1, max = 128))]
     #[x_kube(validation = kube::core::Rule::new(SCHEDULE_RULE).message(SCHEDULE_MESSAGE))]
     pub schedule: Option<String>,
+
+    /// The IANA time zone the schedule is read in (`Europe/Berlin`; the CronJob's `timeZone`).
+    /// Default: the kube-controller-manager's, UTC on most clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub time_zone: Option<String>,
+
+    /// Stop starting scheduled runs (the CronJob's `suspend`); a running one finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
 
     /// What a scheduled run does while the previous one still runs (default Forbid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,21 +157,34 @@ pub struct ModelRef {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchInput {
-    /// `pvc://CLAIM/PATH`: a file on a PersistentVolumeClaim of this namespace, mounted read-only.
+    /// `pvc://CLAIM/PATH` on a PersistentVolumeClaim of this namespace, mounted read-only: a file
+    /// (cut into byte ranges, one per shard), a directory ending in `/` (its files, hidden and
+    /// `_`-prefixed ones left out) or a pattern such as `in/day-*.csv` (several files are shared
+    /// out whole among the shards).
     #[schemars(length(min = 7, max = 2048))]
     #[x_kube(validation = kube::core::Rule::new(INPUT_URI_RULE).message(INPUT_URI_MESSAGE))]
     pub uri: String,
 
-    /// The format: csv or jsonl (default: from the file's extension, `.jsonl`/`.ndjson` being
-    /// JSON lines, else csv).
+    /// The format: csv or jsonl (default: from each file's extension, `.jsonl`/`.ndjson` being
+    /// JSON lines; a single file without one is csv).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<DataFormat>,
 }
 
 impl BatchInput {
-    /// The format given, else the one the path's extension names, else CSV.
-    pub fn format(&self) -> DataFormat {
-        self.format.or_else(|| DataFormat::from_path(&self.uri)).unwrap_or_default()
+    /// Whether the URI names several files: a directory (ending in `/`) or a pattern.
+    pub fn is_listing(&self) -> bool {
+        self.uri.ends_with('/') || self.uri.contains(['*', '?', '['])
+    }
+
+    /// The format every file is read as: the one given; for a single file, the one its
+    /// extension names, else CSV; for a listing, none (each file's extension says).
+    pub fn format(&self) -> Option<DataFormat> {
+        match (self.format, self.is_listing()) {
+            (Some(f), _) => Some(f),
+            (None, true) => None,
+            (None, false) => Some(DataFormat::from_path(&self.uri).unwrap_or_default()),
+        }
     }
 }
 
@@ -255,6 +279,10 @@ pub struct MLBatchJobStatus {
     /// For a scheduled job: its CronJob.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron_job: Option<String>,
+
+    /// For a scheduled job that is not suspended: when its schedule fires next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_time: Option<Time>,
 }
 
 /// The model of a run.

@@ -113,9 +113,11 @@ enum Command {
         model: String,
         #[arg(long)]
         sha256: Option<String>,
+        /// A file; a directory (its files, hidden and `_`-prefixed ones left out); or a pattern
+        /// (`in/day-*.csv`, quoted from the shell). Several files are shared out whole among shards.
         #[arg(long)]
         input: PathBuf,
-        /// The input's format: csv or jsonl (default: from its extension).
+        /// The input's format: csv or jsonl (default: from each file's extension).
         #[arg(long)]
         format: Option<batch::Format>,
         /// The output's format (default: from its extension, else the input's).
@@ -321,7 +323,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 keep_columns,
                 probabilities,
             };
-            let (_, out_format) = opts.formats(&input, output.as_deref())?;
+            let files = batch::inputs::list(&input, format)?;
+            let out_format = opts.output_format(&files, output.as_deref())?;
             let artifact = load::load(&model, sha256.as_deref(), load::DEFAULT_MAX_MODEL_BYTES).await?;
             let model = Model::new(artifact, None, model_version);
             let output = match (&output, &output_dir) {
@@ -333,7 +336,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 (None, None) => unreachable!("clap requires --output or --output-dir"),
             };
             let (report, success) = tokio::task::spawn_blocking(move || {
-                let report = batch::score(&model, &input, &output, &opts)?;
+                let report = batch::score(&model, &files, &output, &opts)?;
                 let success = match &output_dir {
                     Some(dir) => batch_output::complete(dir, shard, &report, &input.to_string_lossy(), &model.version)?,
                     None => None,

@@ -471,6 +471,85 @@ fn batch_keeps_the_columns_chosen_and_adds_class_probabilities_on_request() {
 }
 
 #[test]
+fn a_directory_or_pattern_of_files_is_scored_whole_files_to_a_shard_each_row_once() {
+    let dir = tmp("batch-many");
+    let (model_path, csv_in) = iris_csv(&dir, "id,sepal_length,sepal_width,petal_length,petal_width", |i, r| {
+        format!("row-{i},{},{},{},{}", r[0], r[1], r[2], r[3])
+    });
+    let text = std::fs::read_to_string(&csv_in).unwrap();
+    let (header, lines) = text.split_once('\n').unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    let data = dir.join("days");
+    std::fs::create_dir_all(&data).unwrap();
+    // Three days of rows, one of them as JSON lines, beside files a directory listing leaves out.
+    for (k, name) in ["day-1.csv", "day-2.csv", "day-3.csv"].iter().enumerate() {
+        let rows = &lines[k * 50..(k + 1) * 50];
+        std::fs::write(data.join(name), format!("{header}\n{}\n", rows.join("\n"))).unwrap();
+    }
+    csv_as_json_lines(&data.join("day-3.csv"), &data.join("day-3.jsonl"));
+    std::fs::remove_file(data.join("day-3.csv")).unwrap();
+    std::fs::write(data.join("_SUCCESS"), "{}").unwrap();
+    std::fs::write(data.join(".day-4.csv.tmp-7"), "partial").unwrap();
+    std::fs::write(data.join("notes.txt"), "not data").unwrap();
+
+    let whole = dir.join("whole.csv");
+    let o = batch(&model_path, &csv_in, &whole, &[]);
+    assert!(o.status.success(), "{}", reason(&o));
+    let want: Vec<csv::StringRecord> = csv::Reader::from_path(&whole).unwrap().records().map(|r| r.unwrap()).collect();
+    let records = |p: &Path| -> Vec<csv::StringRecord> {
+        csv::Reader::from_path(p).unwrap().records().map(|r| r.unwrap()).collect()
+    };
+    // The directory, in file order: the same rows as the one file they came from.
+    let out = dir.join("dir.csv");
+    let o = batch(&model_path, &data, &out, &["--chunk-rows", "16"]);
+    assert!(o.status.success(), "{}", reason(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("scored 150 rows"));
+    let got = records(&out);
+    // JSON lines numbers come back as JSON writes them (5.0 for 5), so compare ids and predictions.
+    let key = |r: &csv::StringRecord| (r[0].to_string(), r[5].to_string());
+    assert_eq!(got.iter().map(key).collect::<Vec<_>>(), want.iter().map(key).collect::<Vec<_>>());
+    // Shards take whole files: every row exactly once, for any count.
+    for count in [1u32, 2, 3, 5] {
+        let mut union = Vec::new();
+        for index in 0..count {
+            let part = dir.join(format!("many-{index}-of-{count}.csv"));
+            let (i, n) = (index.to_string(), count.to_string());
+            let o = batch(&model_path, &data, &part, &["--shard-index", &i, "--shard-count", &n]);
+            assert!(o.status.success(), "{}", reason(&o));
+            let rows = records(&part);
+            assert!(rows.len() % 50 == 0, "a shard scores whole files: {} rows", rows.len());
+            union.extend(rows.iter().map(key));
+        }
+        union.sort();
+        let mut all: Vec<_> = want.iter().map(key).collect();
+        all.sort();
+        assert_eq!(union, all, "{count} shards");
+    }
+    // A pattern (no shell): its matches only.
+    let o = batch(&model_path, &data.join("day-[12].csv"), &out, &[]);
+    assert!(o.status.success(), "{}", reason(&o));
+    assert_eq!(records(&out).len(), 100);
+    let o = batch(&model_path, &data.join("day-*.parquet"), &out, &[]);
+    assert!(reason(&o).contains("day-*.parquet: no input files"), "{}", reason(&o));
+
+    // A file whose columns differ is named; keeping named columns, extra columns are fine.
+    std::fs::write(data.join("day-4.csv"), format!("{header},extra\n{},x\n", lines[0])).unwrap();
+    let o = batch(&model_path, &data, &out, &[]);
+    assert!(
+        reason(&o).contains("day-4.csv: its columns") && reason(&o).contains("name the columns to keep"),
+        "{}",
+        reason(&o)
+    );
+    let o = batch(&model_path, &data, &out, &["--keep-columns", "id"]);
+    assert!(o.status.success(), "{}", reason(&o));
+    assert_eq!(records(&out).len(), 151);
+    // A bad row in a later file: the file and its row.
+    std::fs::write(data.join("day-4.csv"), format!("{header}\n{}\nrow-x,1,2,three,4\n", lines[0])).unwrap();
+    let o = batch(&model_path, &data, &out, &[]);
+    assert!(reason(&o).contains("day-4.csv: row 3: column 4 is not a finite number"), "{}", reason(&o));
+}
+
+#[test]
 fn a_failed_batch_leaves_no_output_and_no_temporary_file() {
     let dir = tmp("batch-atomic");
     let model_path = train_iris(&dir);

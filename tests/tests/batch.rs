@@ -133,7 +133,8 @@ async fn a_run_is_an_indexed_job_of_its_shards_and_a_schedule_a_cron_job() {
 
     // A schedule: a CronJob with the policy and history limits, its template the same Job.
     let cron_spec = format!(
-        "{MODEL}{IO}  shards: 3\n  schedule: \"0 2 * * *\"\n  concurrencyPolicy: Replace\n  failedRunsHistoryLimit: 4\n"
+        "{MODEL}{IO}  shards: 3\n  schedule: \"0 2 * * *\"\n  timeZone: Asia/Tokyo\n  concurrencyPolicy: Replace\n  \
+         failedRunsHistoryLimit: 4\n"
     );
     apply(&ns.name, &batch_yaml("scheduled", &cron_spec)).unwrap();
     let crons: Api<CronJob> = Api::namespaced(c.clone(), &ns.name);
@@ -141,13 +142,40 @@ async fn a_run_is_an_indexed_job_of_its_shards_and_a_schedule_a_cron_job() {
     let cs = cron.spec.unwrap();
     assert_eq!((cs.schedule.as_str(), cs.concurrency_policy.as_deref()), ("0 2 * * *", Some("Replace")));
     assert_eq!((cs.successful_jobs_history_limit, cs.failed_jobs_history_limit), (Some(3), Some(4)));
+    assert_eq!(cs.time_zone.as_deref(), Some("Asia/Tokyo"), "the API server took the time zone");
     let template = cs.job_template.spec.unwrap();
     assert_eq!((template.completion_mode.as_deref(), template.completions), (Some("Indexed"), Some(3)));
     let b = batch_job(&c, &ns.name, "scheduled", "Scheduled status", |b| {
         b.status.as_ref().is_some_and(|s| s.cron_job.as_deref() == Some("scheduled"))
     })
     .await;
-    assert!(b.status.unwrap().conditions.iter().all(|c| c.status == "False" && c.reason == "Scheduled"));
+    let status = b.status.unwrap();
+    assert!(status.conditions.iter().all(|c| c.status == "False" && c.reason == "Scheduled"));
+    // The next run: 02:00 in Tokyo is 17:00 UTC, within the next day.
+    let next = status.next_run_time.expect("nextRunTime").0;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((1..=86_400).contains(&(next.as_second() - now)), "{next}");
+    assert!(next.to_string().ends_with("T17:00:00Z"), "{next}");
+    // Suspended: the CronJob stops starting runs and no next run is promised.
+    apply(&ns.name, &batch_yaml("scheduled", &format!("{cron_spec}  suspend: true\n"))).unwrap();
+    wait_for("the CronJob suspended", T, || async {
+        crons.get_opt("scheduled").await.ok().flatten().filter(|c| c.spec.as_ref().unwrap().suspend == Some(true))
+    })
+    .await;
+    batch_job(&c, &ns.name, "scheduled", "no nextRunTime", |b| {
+        b.status.as_ref().is_some_and(|s| s.next_run_time.is_none())
+    })
+    .await;
+    // A schedule the shape check lets through but the CronJob API would refuse: Failed, the field named.
+    let bad = cron_spec.replace("0 2 * * *", "0 25 * * *");
+    apply(&ns.name, &batch_yaml("bad-hour", &bad)).unwrap();
+    let failed_condition = |b: &MLBatchJob| {
+        b.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Failed" && c.status == "True").cloned()
+    };
+    let b = batch_job(&c, &ns.name, "bad-hour", "Failed", |b| failed_condition(b).is_some()).await;
+    let failed = failed_condition(&b).unwrap();
+    assert!(failed.message.contains("spec.schedule: hour: 25 is outside 0-23"), "{}", failed.message);
+    assert!(crons.get_opt("bad-hour").await.unwrap().is_none());
 
     // A schedule removed: the CronJob goes.
     apply(&ns.name, &batch_yaml("scheduled", &format!("{MODEL}{IO}  shards: 3\n"))).unwrap();
@@ -437,6 +465,48 @@ async fn json_lines_scored_to_key_columns_and_probabilities_after_shards_fail_th
     assert_eq!(want.len(), 2000);
     assert!(union == want, "the shards' union differs from one run over the file");
     assert!(union.iter().any(|r| r[0].contains('\n')), "ids with newlines came through");
+}
+
+#[tokio::test]
+async fn a_directory_of_files_is_shared_out_whole_among_the_shards() {
+    let Some((c, ns, _op, data)) = real_setup("batch-dir").await else { return };
+    let days = data.dir.join("in/days");
+    std::fs::create_dir_all(&days).unwrap();
+    for (k, rows) in [300, 200, 100].into_iter().enumerate() {
+        std::fs::rename(data.write_input(&format!("day-{k}.csv"), rows, false), days.join(format!("day-{k}.csv")))
+            .unwrap();
+    }
+    Dataset::write_json_lines(&days.join("day-3.jsonl"), 50);
+    // Left out of the listing: a hidden file and a _-prefixed one.
+    std::fs::write(days.join("_SUCCESS"), "{}").unwrap();
+    std::fs::write(days.join(".day-9.csv.tmp-1"), "partial").unwrap();
+    let spec = format!(
+        "{MODEL}  input: {{uri: pvc://data/in/days/}}\n  output: {{uri: pvc://data/out, keyColumns: [id]}}\n  shards: 2\n"
+    );
+    apply(&ns.name, &batch_yaml("days", &spec)).unwrap();
+    let b = batch_job(&c, &ns.name, "days", "the run Complete", |b| result(b) == Some("Complete")).await;
+    let run = b.status.unwrap().last_run.unwrap();
+    assert_eq!((run.rows, run.shards.as_str()), (650, "2/2"), "{run:?}");
+    let out = data.dir.join("out").join(&run.job);
+    let success: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("_SUCCESS")).unwrap()).unwrap();
+    let mut per_shard = Vec::new();
+    let mut union = Vec::new();
+    for part in success["files"].as_array().unwrap() {
+        let rows = records(&out.join(part["file"].as_str().unwrap()));
+        per_shard.push(rows.len());
+        union.extend(rows);
+    }
+    // Whole files, balanced by bytes, largest first: day-0 (300 rows, ~9 KB) and day-1 (200,
+    // ~6 KB) start one shard each, the JSON lines file (50 rows but ~5 KB) joins day-1, day-2
+    // (100 rows, ~3 KB) day-0.
+    per_shard.sort();
+    assert_eq!(per_shard, [250, 400]);
+    let mut want = one_run(&data, &days, &["--keep-columns", "id"]);
+    let key = |r: &csv::StringRecord| r.iter().map(str::to_string).collect::<Vec<_>>();
+    let mut union: Vec<_> = union.iter().map(key).collect();
+    want.sort_by_key(key);
+    union.sort();
+    assert_eq!(union, want.iter().map(key).collect::<Vec<_>>(), "every row of every file exactly once");
 }
 
 #[tokio::test]

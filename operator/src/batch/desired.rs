@@ -141,10 +141,14 @@ fn pod_template(job: &MLBatchJob, model: &ResolvedModel, settings: &Settings) ->
         args.extend(["--model-version".into(), v.clone()]);
     }
     args.extend(["--input".into(), input, "--output-dir".into(), output_dir]);
+    // Unnamed formats are the server's to tell, file by file; the parts' default to the first file's.
     let in_format = job.spec.input.format();
-    let out_format = job.spec.output.format.unwrap_or(in_format);
-    args.extend(["--format".into(), in_format.extension().into()]);
-    args.extend(["--output-format".into(), out_format.extension().into()]);
+    if let Some(f) = in_format {
+        args.extend(["--format".into(), f.extension().into()]);
+    }
+    if let Some(f) = job.spec.output.format.or(in_format) {
+        args.extend(["--output-format".into(), f.extension().into()]);
+    }
     if let Some(keep) = &job.spec.output.key_columns {
         args.extend(["--keep-columns".into(), keep.join(",")]);
     }
@@ -230,6 +234,12 @@ pub fn run_job(job: &MLBatchJob, model: &ResolvedModel, settings: &Settings) -> 
 /// The CronJob of a scheduled MLBatchJob (named like it); each of its Jobs is a run.
 pub fn cron_job(job: &MLBatchJob, model: &ResolvedModel, settings: &Settings) -> Result<Option<CronJob>, InvalidField> {
     let Some(schedule) = job.spec.schedule.clone() else { return Ok(None) };
+    // What the CronJob API would refuse, refused here with the field named.
+    schedule
+        .parse::<super::schedule::Schedule>()
+        .map_err(|e| InvalidField { field: "spec.schedule", message: e.to_string() })?;
+    super::schedule::time_zone(job.spec.time_zone.as_deref())
+        .map_err(|e| InvalidField { field: "spec.timeZone", message: e.to_string() })?;
     let mut annotations = run_annotations(job, model);
     // Each Job is named by the CronJob controller; its output dir is `DIR/JOB/`.
     annotations.insert(OUTPUT_ANNOTATION.into(), format!("{}/", output_base(job)));
@@ -242,6 +252,8 @@ pub fn cron_job(job: &MLBatchJob, model: &ResolvedModel, settings: &Settings) ->
         metadata: metadata(job, job.name_any(), BTreeMap::new()),
         spec: Some(CronJobSpec {
             schedule,
+            time_zone: job.spec.time_zone.clone(),
+            suspend: job.spec.suspend,
             concurrency_policy: Some(policy.into()),
             successful_jobs_history_limit: Some(job.spec.successful_runs_history_limit.unwrap_or(3)),
             failed_jobs_history_limit: Some(job.spec.failed_runs_history_limit.unwrap_or(1)),
@@ -260,11 +272,12 @@ pub fn cron_job(job: &MLBatchJob, model: &ResolvedModel, settings: &Settings) ->
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::batch::resolve::resolve;
 
-    fn batch(extra: serde_json::Value) -> MLBatchJob {
+    /// An MLBatchJob `nightly` of 4 shards over a PVC, with `extra` merged into its spec.
+    pub(crate) fn batch(extra: serde_json::Value) -> MLBatchJob {
         let mut spec = serde_json::json!({
             "model": {"uri": "configmap://iris-model/model.json", "version": "v1"},
             "input": {"uri": "pvc://data/in/iris.csv"},
@@ -355,6 +368,17 @@ mod tests {
         assert!(a.contains("--format jsonl --output-format csv --keep-columns id,day --probabilities"), "{a}");
         let a = args_of(&batch(serde_json::json!({"output": {"uri": "pvc://results/scored", "probabilities": false}})));
         assert!(!a.contains("--probabilities") && !a.contains("--keep-columns"), "{a}");
+        // A directory or a pattern: each file's extension says, unless the format is named.
+        for uri in ["pvc://data/in/", "pvc://data/in/day-*.jsonl"] {
+            let a = args_of(&batch(serde_json::json!({"input": {"uri": uri}})));
+            assert!(!a.contains("--format") && !a.contains("--output-format"), "{a}");
+        }
+        let j = batch(serde_json::json!({"input": {"uri": "pvc://data/in/", "format": "jsonl"}}));
+        assert!(
+            args_of(&j).contains("--input /var/lib/modelship/input/in --output-dir /var/lib/modelship/output/scored/$(MODELSHIP_RUN) --format jsonl --output-format jsonl"),
+            "{}",
+            args_of(&j)
+        );
     }
 
     #[test]

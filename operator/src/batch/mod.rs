@@ -7,6 +7,7 @@ pub mod desired;
 pub mod reconcile;
 pub mod resolve;
 pub mod run_status;
+pub mod schedule;
 
 /// Label on every Job (and its pods) of an MLBatchJob: the MLBatchJob's name.
 pub const BATCH_JOB_LABEL: &str = "modelship.dev/batch-job";

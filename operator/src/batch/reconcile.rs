@@ -211,7 +211,18 @@ pub fn status(job: &MLBatchJob, plan: &Plan, last: Option<(&Job, BatchRun)>, now
         model,
         last_run: last.map(|(_, run)| run),
         cron_job: job.spec.schedule.as_ref().map(|_| job.name_any()),
+        next_run_time: next_run(job, now).map(Time),
     }
+}
+
+/// When a scheduled, unsuspended MLBatchJob's schedule fires next (`None` for a one-off job, or
+/// a schedule or time zone the plan refuses).
+fn next_run(job: &MLBatchJob, now: &Time) -> Option<jiff::Timestamp> {
+    if job.spec.suspend == Some(true) {
+        return None;
+    }
+    let schedule: schedule::Schedule = job.spec.schedule.as_deref()?.parse().ok()?;
+    schedule.next_after(now.0, &schedule::time_zone(job.spec.time_zone.as_deref()).ok()?)
 }
 
 /// Keeps each condition's `lastTransitionTime` when its status did not change.
@@ -365,11 +376,73 @@ pub async fn reconcile(job: Arc<MLBatchJob>, ctx: Arc<Context>) -> Result<Action
             .during("patch MLBatchJob status")?;
     }
     let running = new.last_run.as_ref().is_some_and(|r| r.result == RUNNING)
-        || (plan.blocked.is_none() && new.last_run.is_none());
-    Ok(if running { Action::requeue(REQUEUE_RUNNING) } else { Action::await_change() })
+        || (plan.blocked.is_none() && new.last_run.is_none() && job.spec.schedule.is_none());
+    // A scheduled job looks again just after its next tick (the new Job wakes it sooner), so
+    // nextRunTime moves on even when the CronJob skips a run.
+    let after_tick = new.next_run_time.as_ref().map(|next| {
+        let wait = next.0.duration_since(jiff::Timestamp::now()).as_secs().max(0) as u64 + 5;
+        Duration::from_secs(wait.clamp(10, 3600))
+    });
+    Ok(match (running, after_tick) {
+        (true, _) => Action::requeue(REQUEUE_RUNNING),
+        (false, Some(wait)) => Action::requeue(wait),
+        (false, None) => Action::await_change(),
+    })
 }
 
 pub fn error_policy(job: Arc<MLBatchJob>, error: &Error, _ctx: Arc<Context>) -> Action {
     warn!(batch_job = %job.name_any(), error = %error, "reconcile failed");
     Action::requeue(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::Settings;
+
+    fn scheduled(extra: serde_json::Value) -> MLBatchJob {
+        let mut spec = serde_json::json!({"schedule": "0 3 * * *"});
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        crate::batch::desired::tests::batch(spec)
+    }
+
+    fn status_of(job: &MLBatchJob, now: &str) -> (Plan, MLBatchJobStatus) {
+        let plan = plan(job, &Observed::default(), &Settings::new("server:1"));
+        let status = status(job, &plan, None, &Time(now.parse().unwrap()));
+        (plan, status)
+    }
+
+    #[test]
+    fn a_schedule_says_when_it_runs_next_in_its_time_zone_unless_suspended() {
+        let now = "2026-12-06T17:45:00Z";
+        let (plan, s) = status_of(&scheduled(serde_json::json!({})), now);
+        assert!(matches!(plan.writes[..], [Write::ApplyCronJob(_)]), "{:?}", plan.writes);
+        assert_eq!(s.next_run_time.map(|t| t.0.to_string()).as_deref(), Some("2026-12-07T03:00:00Z"));
+        assert_eq!(s.cron_job.as_deref(), Some("nightly"));
+        let (plan, s) = status_of(&scheduled(serde_json::json!({"timeZone": "America/New_York"})), now);
+        let Write::ApplyCronJob(cron) = &plan.writes[0] else { panic!("{:?}", plan.writes) };
+        assert_eq!(cron.spec.as_ref().unwrap().time_zone.as_deref(), Some("America/New_York"));
+        assert_eq!(s.next_run_time.map(|t| t.0.to_string()).as_deref(), Some("2026-12-07T08:00:00Z"));
+        let (plan, s) = status_of(&scheduled(serde_json::json!({"suspend": true})), now);
+        let Write::ApplyCronJob(cron) = &plan.writes[0] else { panic!("{:?}", plan.writes) };
+        assert_eq!(cron.spec.as_ref().unwrap().suspend, Some(true));
+        assert_eq!(s.next_run_time, None);
+        let (_, s) = status_of(&scheduled(serde_json::json!({"schedule": null})), now);
+        assert_eq!((s.next_run_time, s.cron_job), (None, None));
+    }
+
+    #[test]
+    fn a_schedule_or_time_zone_the_cron_job_api_would_refuse_fails_the_job_naming_the_field() {
+        for (extra, want) in [
+            (serde_json::json!({"schedule": "0 25 * * *"}), "spec.schedule: hour: 25 is outside 0-23"),
+            (serde_json::json!({"timeZone": "Mars/Olympus"}), "spec.timeZone: unknown time zone \"Mars/Olympus\""),
+        ] {
+            let (plan, s) = status_of(&scheduled(extra), "2026-12-06T17:45:00Z");
+            assert!(plan.writes.is_empty(), "{:?}", plan.writes);
+            let failed = s.conditions.iter().find(|c| c.type_ == FAILED_CONDITION).unwrap();
+            assert_eq!((failed.status.as_str(), failed.reason.as_str()), ("True", "InvalidSpec"));
+            assert!(failed.message.contains(want), "{}", failed.message);
+            assert_eq!(s.next_run_time, None);
+        }
+    }
 }

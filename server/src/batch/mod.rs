@@ -7,6 +7,7 @@
 //! what `/predict` answers (a scikit-learn classifier's labels themselves).
 
 pub mod format;
+pub mod inputs;
 pub mod read;
 pub mod write;
 
@@ -31,6 +32,16 @@ pub enum BatchError {
     Io { path: String, source: io::Error },
     #[error("{0}")]
     Input(String),
+}
+
+impl BatchError {
+    /// The error, saying which input file it is about (I/O and CSV errors name it already).
+    fn in_file(self, file: &Path) -> Self {
+        match self {
+            Self::Input(m) => Self::Input(format!("{}: {m}", file.display())),
+            other => other,
+        }
+    }
 }
 
 /// What a batch run did.
@@ -99,12 +110,19 @@ impl Default for BatchOptions {
 }
 
 impl BatchOptions {
-    /// The input's format and the output's: as given, else from the file's extension; the
-    /// output's, failing that, the input's (also when there is no output file name yet).
-    pub fn formats(&self, input: &Path, output: Option<&Path>) -> Result<(Format, Format), BatchError> {
-        let input = Format::resolve(self.input_format, input, "input").map_err(BatchError::Input)?;
-        let output = self.output_format.or_else(|| output.and_then(Format::from_path)).unwrap_or(input);
-        Ok((input, output))
+    /// An input file's format: as given, else from its extension.
+    pub fn input_format(&self, file: &Path) -> Result<Format, BatchError> {
+        Format::resolve(self.input_format, file, "input").map_err(BatchError::Input)
+    }
+
+    /// The output's format: as given, else from the output's extension, else the first input
+    /// file's (also when there is no output file name yet).
+    pub fn output_format(&self, files: &[PathBuf], output: Option<&Path>) -> Result<Format, BatchError> {
+        match (self.output_format.or_else(|| output.and_then(Format::from_path)), files.first()) {
+            (Some(f), _) => Ok(f),
+            (None, Some(first)) => self.input_format(first),
+            (None, None) => Err(BatchError::Input("no input files".into())),
+        }
     }
 }
 
@@ -202,17 +220,24 @@ fn output_columns(
 /// The prediction's column in the output.
 pub const PREDICTION: &str = "prediction";
 
-/// Scores `input` (its share `opts.shard`, all of it by default) into `output`: the kept input
-/// columns, then `prediction` (and the class probabilities when asked), in the output format.
-pub fn score(model: &Model, input: &Path, output: &Path, opts: &BatchOptions) -> Result<BatchReport, BatchError> {
-    let (in_format, out_format) = opts.formats(input, Some(output))?;
+/// Scores `files` (the listing of [`inputs::list`]; this shard's share of them, all by default)
+/// into `output`: the kept input columns, then `prediction` (and the class probabilities when
+/// asked), in the output format. The output's columns come from the first file of the listing,
+/// so every shard writes the same ones.
+pub fn score(model: &Model, files: &[PathBuf], output: &Path, opts: &BatchOptions) -> Result<BatchReport, BatchError> {
+    let out_format = opts.output_format(files, Some(output))?;
     let chunk_rows = opts.chunk_rows.max(1);
     let threads = match opts.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let mut source = read::open(model, input, in_format, opts.shard)?;
-    let (kept, names) = output_columns(model, source.columns(), opts.keep_columns.as_deref(), opts.probabilities)?;
+    let several = files.len() > 1;
+    let about = |file| naming(several, file);
+    let first = files.first().ok_or_else(|| BatchError::Input("no input files".into()))?;
+    let columns =
+        read::open(model, first, opts.input_format(first)?, Shard::WHOLE).map_err(about(first))?.columns().to_vec();
+    let (kept, names) = output_columns(model, &columns, opts.keep_columns.as_deref(), opts.probabilities)?;
+    let mine = inputs::share(files, opts.shard)?;
     let (atomic, file) = AtomicOutput::create(output)?;
     let mut sink = write::create(out_format, file, output, &names)?;
 
@@ -222,27 +247,36 @@ pub fn score(model: &Model, input: &Path, output: &Path, opts: &BatchOptions) ->
     let progress = Progress::new();
     let mut values = Vec::with_capacity(chunk_rows * n);
     let mut rows = 0u64;
-    loop {
-        values.clear();
-        let read = source.read(chunk_rows, &mut values)?;
-        if read == 0 {
-            break;
-        }
-        let x = ArrayView2::from_shape((read, n), &values).map_err(|e| BatchError::Input(e.to_string()))?;
-        let (predictions, probabilities) =
-            score_split(model, x, threads, opts.probabilities).map_err(|(first, e)| {
-                BatchError::Input(format!("{} and the {} rows after it: {e}", source.locate(first), read - first - 1))
-            })?;
-        let chunk = write::Scored {
-            source: source.as_ref(),
-            kept: &kept,
-            predictions: &predictions,
-            labels,
-            probabilities: probabilities.as_ref(),
+    for (path, shard) in &mine {
+        let about = about(path);
+        let mut source = read::open(model, path, opts.input_format(path)?, *shard).map_err(about)?;
+        let kept = match several {
+            true => same_columns(source.columns(), &columns, &kept, opts.keep_columns.is_none()).map_err(about)?,
+            false => kept.clone(),
         };
-        sink.write(&chunk)?;
-        rows += read as u64;
-        progress.tick(rows, start);
+        loop {
+            values.clear();
+            let read = source.read(chunk_rows, &mut values).map_err(about)?;
+            if read == 0 {
+                break;
+            }
+            let x = ArrayView2::from_shape((read, n), &values).map_err(|e| BatchError::Input(e.to_string()))?;
+            let (predictions, probabilities) =
+                score_split(model, x, threads, opts.probabilities).map_err(|(first, e)| {
+                    let at = source.locate(first);
+                    about(BatchError::Input(format!("{at} and the {} rows after it: {e}", read - first - 1)))
+                })?;
+            let chunk = write::Scored {
+                source: source.as_ref(),
+                kept: &kept,
+                predictions: &predictions,
+                labels,
+                probabilities: probabilities.as_ref(),
+            };
+            sink.write(&chunk)?;
+            rows += read as u64;
+            progress.tick(rows, start);
+        }
     }
     let written = sink.finish()?;
     atomic.commit(written.file)?;
@@ -255,6 +289,31 @@ pub fn score(model: &Model, input: &Path, output: &Path, opts: &BatchOptions) ->
         bytes: written.bytes,
         sha256: written.sha256,
     })
+}
+
+/// Errors about `file`, naming it when there are `several` input files.
+fn naming(several: bool, file: &Path) -> impl Fn(BatchError) -> BatchError + Copy + '_ {
+    move |e: BatchError| if several { e.in_file(file) } else { e }
+}
+
+/// The kept columns in a later file of the listing: the first file's `kept` (indices into
+/// `first`), found by name. When every column is kept, the file must have the same columns.
+fn same_columns(columns: &[String], first: &[String], kept: &[usize], all: bool) -> Result<Vec<usize>, BatchError> {
+    if all && columns != first {
+        return Err(BatchError::Input(format!(
+            "its columns {columns:?} are not the first file's {first:?}: name the columns to keep"
+        )));
+    }
+    kept.iter()
+        .map(|&c| {
+            columns.iter().position(|name| *name == first[c]).ok_or_else(|| {
+                BatchError::Input(format!(
+                    "it has no column {:?}, which the first file has and the output keeps",
+                    first[c]
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Progress on a terminal (a rewritten line), or a log line every few seconds elsewhere.
